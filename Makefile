@@ -1,0 +1,40 @@
+# mparticle-quarantine-backfill: one entry point for every developer and CI task.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: venv test lint format run stop bench clean
+
+venv: $(VENV)/.installed
+
+# Create the virtualenv from the pinned files; re-run only when they change.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+## make test: set up and run the whole test suite (what CI runs).
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+## make run: local S3 (moto) + Events API emulator + seeded data + Airflow standalone on :8080.
+run: venv
+	$(PY) scripts/run_local.py
+
+bench: venv
+	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_send.py
+
+clean:
+	rm -rf $(VENV) .local .pytest_cache .ruff_cache .hypothesis

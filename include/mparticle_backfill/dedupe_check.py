@@ -1,0 +1,80 @@
+"""Dedupe check: never send what the API already accepted, nor the same batch twice in a partition.
+
+Replay keys are stable: ``<original batch id>:<event id>`` per event and
+``<original batch id>:user_attributes`` for the restored user attributes. The ledger is the set of keys
+the API accepted in earlier runs. Lookups are set membership, streamed record by record: memory grows
+with the ledger and the number of distinct batches, never with the payloads.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from . import jsonio
+from .model import ALREADY_REPLAYED, Replay, ReplayBatch
+from .transform import source_request_id
+
+IN_LEDGER = "in_ledger"
+DUPLICATE_IN_PARTITION = "duplicate_in_partition"
+
+
+class DedupeCheck:
+    """Drops already-replayed keys and repeated batches.
+
+    :param ledger_keys: replay keys accepted by the API in earlier runs of this partition.
+    :param force: resend what the ledger holds (duplicates inside the partition are still dropped).
+    :param request_id_salt: as in :class:`.transform.TransformSettings`, for rebuilt batches.
+    """
+
+    def __init__(self, ledger_keys: Iterable[str] = (), *, force: bool = False, request_id_salt: str = "") -> None:
+        self.ledger = frozenset(() if force else ledger_keys)
+        self.request_id_salt = request_id_salt
+        self._seen_batches: set[str] = set()
+
+    def check(self, replay: Replay, counts: Counter[str]) -> Replay:
+        """Keep only the batches (and parts of batches) of ``replay`` not replayed before."""
+        if not replay.batches:
+            return replay
+        if replay.identity in self._seen_batches:
+            counts[f"batches_dropped:{DUPLICATE_IN_PARTITION}"] += len(replay.batches)
+            replay.trail.append((ALREADY_REPLAYED, DUPLICATE_IN_PARTITION))
+            replay.batches = []
+            return replay
+        self._seen_batches.add(replay.identity)
+        if not self.ledger:
+            return replay
+        kept: list[ReplayBatch] = []
+        for batch in replay.batches:
+            done = [key in self.ledger for key in batch.replay_keys]
+            if not any(done):
+                kept.append(batch)
+                continue
+            counts["keys_in_ledger"] += sum(done)
+            replay.trail.append((ALREADY_REPLAYED, IN_LEDGER))
+            if all(done):
+                counts[f"batches_dropped:{IN_LEDGER}"] += 1
+                continue
+            kept.append(self._without(replay.identity, batch, done))
+        replay.batches = kept
+        return replay
+
+    def _without(self, identity: str, batch: ReplayBatch, done: list[bool]) -> ReplayBatch:
+        """The batch minus its parts already in the ledger, with a new source_request_id."""
+        payload = {
+            k: v for k, v in batch.payload.items() if k not in ("source_request_id", "events", "user_attributes")
+        }
+        events = batch.payload.get("events") or []
+        keys: list[str] = []
+        kept_events = []
+        for key, event, already in zip(batch.replay_keys, events, done, strict=False):
+            if not already:
+                keys.append(key)
+                kept_events.append(event)
+        payload["events"] = kept_events
+        for key, already in zip(batch.replay_keys[len(events) :], done[len(events) :], strict=True):
+            if not already:
+                keys.append(key)
+                payload["user_attributes"] = batch.payload["user_attributes"]
+        payload["source_request_id"] = source_request_id(identity, payload, self.request_id_salt)
+        return ReplayBatch(tuple(keys), payload, len(jsonio.dumps(payload)))

@@ -1,0 +1,245 @@
+"""Extract: which objects form a date partition, and streaming quarantine records out of one object."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, BinaryIO
+
+from . import jsonio
+from .model import BadRecord, BlockMetadata, QuarantineRecord, RecordRef
+
+GZIP_MAGIC = b"\x1f\x8b"
+VERIFICATION_PREFIX = "mParticle_Bucket_Verification_"
+KNOWN_DTO_VERSIONS = frozenset({1})
+# <AppName>_<yyyyMMddHHmmss + 6 fractional digits>_<5 digits>.txt
+OBJECT_NAME = re.compile(r"^(?P<app>.+)_(?P<timestamp>\d{20})_(?P<sequence>\d{5})\.txt$")
+DATE_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+# Reasons a line becomes a bad record (dead-lettered, never silently dropped).
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+NO_BLOCK_METADATA = "no_block_metadata"
+UNKNOWN_DTO_VERSION = "unknown_dto_version"
+INVALID_BLOCK_METADATA = "invalid_block_metadata"
+INVALID_BATCH = "invalid_batch"
+CORRUPT_GZIP = "corrupt_gzip"
+
+_LIST_FIELDS = (
+    "blocked_event_ids",
+    "blocked_user_attributes",
+    "blocked_user_identities",
+    "blocked_device_identities",
+)
+
+
+def object_name(key: str) -> str:
+    """The file name of an object key (what follows the last ``/``)."""
+    return key.rsplit("/", 1)[-1]
+
+
+def is_verification_object(key: str) -> bool:
+    """mParticle writes these (content ``{}``) when output settings are saved: they are not data."""
+    return object_name(key).startswith(VERIFICATION_PREFIX)
+
+
+def upload_date_from_name(key: str) -> date | None:
+    """The UTC date in an mParticle object name (``App_20171017170911644493_34523.txt``), if any."""
+    match = OBJECT_NAME.match(object_name(key))
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group("timestamp")[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLayout:
+    """How a quarantine output lays out its objects.
+
+    :param prefix: folder inside the bucket (``""`` for the bucket root).
+    :param date_folders: whether objects sit in ``YYYY-MM-DD/`` folders; without them the partition
+        date is read from the 20-digit UTC timestamp in the object name.
+    :param state_prefix: where this tool keeps its own state; never listed as quarantine data.
+    """
+
+    prefix: str = ""
+    date_folders: bool = True
+    state_prefix: str = ""
+
+    @property
+    def folder(self) -> str:
+        stripped = self.prefix.strip("/")
+        return f"{stripped}/" if stripped else ""
+
+    def listing_prefix(self, day: date) -> str:
+        """The S3 prefix to list for ``day``."""
+        if self.date_folders:
+            return f"{self.folder}{day.isoformat()}/"
+        return self.folder
+
+    def belongs(self, key: str, day: date) -> bool:
+        """Whether object ``key`` is quarantine data of partition ``day``."""
+        state = self.state_prefix.strip("/")
+        if state and (key == state or key.startswith(f"{state}/")):
+            return False
+        if key.endswith("/") or is_verification_object(key):
+            return False
+        if not key.startswith(self.listing_prefix(day)):
+            return False
+        rest = key[len(self.listing_prefix(day)) :]
+        if self.date_folders:
+            return bool(rest)
+        # Without date folders, only objects directly in the folder, dated by their name.
+        return "/" not in rest and upload_date_from_name(key) == day
+
+
+class _RawReader(io.RawIOBase):
+    """Adapts any object with ``read(n)`` (e.g. botocore's StreamingBody) to a raw stream."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._stream.read(len(buffer))
+        size = len(chunk)
+        buffer[:size] = chunk
+        return size
+
+
+def open_object(stream: Any) -> tuple[BinaryIO, bool]:
+    """Wrap an object's byte stream for line reading; gzip is detected by magic bytes, not by name.
+
+    :return: the line-readable stream, and whether it is gzip.
+    """
+    buffered = io.BufferedReader(_RawReader(stream), buffer_size=1 << 16)
+    if buffered.peek(2)[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), True  # type: ignore[return-value]
+    return buffered, False
+
+
+def batch_identity(batch: dict[str, Any], raw: bytes) -> str:
+    """The original batch's identity: its ``batch_id``, else a hash of the line as read."""
+    batch_id = batch.get("batch_id")
+    if isinstance(batch_id, (int, str)) and not isinstance(batch_id, bool) and str(batch_id).strip():
+        return str(batch_id).strip()
+    return "sha256:" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def id_string(value: Any) -> str | None:
+    """A 64-bit id as an exact string, whether it came as a JSON string or integer."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _block_metadata(batch: dict[str, Any]) -> tuple[BlockMetadata | None, str, str]:
+    context = batch.get("context")
+    data_plan = context.get("data_plan") if isinstance(context, dict) else None
+    metadata = data_plan.get("block_metadata") if isinstance(data_plan, dict) else None
+    if not isinstance(metadata, dict):
+        return None, NO_BLOCK_METADATA, "no context.data_plan.block_metadata object"
+    version = metadata.get("dto_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version not in KNOWN_DTO_VERSIONS:
+        return None, UNKNOWN_DTO_VERSION, f"dto_version {version!r} is not one of {sorted(KNOWN_DTO_VERSIONS)}"
+    lists: dict[str, tuple[str, ...]] = {}
+    for name in _LIST_FIELDS:
+        value = metadata.get(name) or []
+        if not isinstance(value, list):
+            return None, INVALID_BLOCK_METADATA, f"{name} is not a list"
+        items = [id_string(item) for item in value]
+        if any(item is None for item in items):
+            return None, INVALID_BLOCK_METADATA, f"{name} holds a value that is not a string or integer"
+        lists[name] = tuple(items)  # type: ignore[arg-type]
+    attributes: dict[str, tuple[str, ...]] = {}
+    entries = metadata.get("blocked_event_attributes") or []
+    if not isinstance(entries, list):
+        return None, INVALID_BLOCK_METADATA, "blocked_event_attributes is not a list"
+    for entry in entries:
+        event_id = id_string(entry.get("event_id")) if isinstance(entry, dict) else None
+        paths = entry.get("event_attributes") if isinstance(entry, dict) else None
+        if event_id is None or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            return None, INVALID_BLOCK_METADATA, "blocked_event_attributes entry without event_id or paths"
+        attributes[event_id] = attributes.get(event_id, ()) + tuple(paths)
+    return (
+        BlockMetadata(
+            blocked_event_ids=frozenset(lists["blocked_event_ids"]),
+            blocked_event_attributes=attributes,
+            blocked_user_attributes=lists["blocked_user_attributes"],
+            blocked_user_identities=lists["blocked_user_identities"],
+            blocked_device_identities=lists["blocked_device_identities"],
+        ),
+        "",
+        "",
+    )
+
+
+def parse_document(ref: RecordRef, document: Any, raw: bytes) -> QuarantineRecord | BadRecord:
+    """Check one decoded JSON document and make it a record, or say why it is not one."""
+
+    def bad(reason: str, detail: str) -> BadRecord:
+        return BadRecord(ref, reason, detail, raw.decode("utf-8", errors="replace"))
+
+    if not isinstance(document, dict):
+        return bad(NOT_AN_OBJECT, f"a JSON {type(document).__name__}, not an object")
+    events = document.get("events")
+    if events is not None and not (isinstance(events, list) and all(isinstance(e, dict) for e in events)):
+        return bad(INVALID_BATCH, "events is not a list of objects")
+    block, reason, detail = _block_metadata(document)
+    if block is None:
+        return bad(reason, detail)
+    return QuarantineRecord(ref, document, block, batch_identity(document, raw))
+
+
+def parse_line(object_key: str, line_number: int, raw: bytes) -> Iterator[QuarantineRecord | BadRecord]:
+    """Parse one NDJSON line; a line of several concatenated documents yields one record per part."""
+    try:
+        documents = list(jsonio.iter_documents(raw))
+    except jsonio.DecodeError as error:
+        detail = str(error).replace("JSON is malformed: ", "")
+        yield BadRecord(RecordRef(object_key, line_number), INVALID_JSON, detail, raw.decode("utf-8", "replace"))
+        return
+    if len(documents) == 1:
+        yield parse_document(RecordRef(object_key, line_number), documents[0], raw)
+        return
+    for part, document in enumerate(documents, start=1):
+        yield parse_document(RecordRef(object_key, line_number, part), document, jsonio.dumps(document))
+
+
+def iter_records(object_key: str, stream: Any) -> Iterator[QuarantineRecord | BadRecord]:
+    """Stream the records of one quarantine object, line by line, in bounded memory.
+
+    Blank lines are skipped; verification objects yield nothing; a corrupt or truncated gzip stream
+    yields one bad record naming the line where reading stopped. Nothing here raises on bad data.
+    """
+    if is_verification_object(object_key):
+        return
+    line_number = 0
+    reader, compressed = open_object(stream)
+    try:
+        for line_number, raw_line in enumerate(reader, start=1):
+            raw = raw_line.strip()
+            if raw:
+                yield from parse_line(object_key, line_number, raw)
+    except (EOFError, OSError, zlib.error) as error:
+        what = "truncated" if isinstance(error, EOFError) else "corrupt"
+        yield BadRecord(
+            RecordRef(object_key, line_number + 1),
+            CORRUPT_GZIP if compressed else "unreadable_object",
+            f"{what} stream after line {line_number}: {error}",
+            "",
+        )

@@ -1,0 +1,100 @@
+"""Filter by age: keep only what falls inside the replay window (default 14 days)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .errors import InvalidSettings
+from .model import TOO_OLD, Replay
+
+MIN_AGE_DAYS = 1
+MAX_AGE_DAYS = 30
+DEFAULT_MAX_AGE_DAYS = 14
+
+
+def timestamp_ms(value: Any) -> int | None:
+    """A Unix time in milliseconds as an exact int, from an int or a decimal string; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class AgeWindow:
+    """Replay only what happened in the ``max_age_days`` before ``reference_time``.
+
+    Events without a timestamp of their own take their batch's timestamp (mParticle stamps such
+    events with the time it received the batch), and are sent with it, so they keep their original
+    time instead of taking the replay's. An event with neither is not replayed: nothing proves it is
+    inside the window. Both cases are counted. Blocked user attributes age with their batch.
+
+    :param max_age_days: the window, 1 to 30 days (default 14, as mParticle advises).
+    :param reference_time: the end of the window, timezone-aware (default: now).
+    """
+
+    max_age_days: int = DEFAULT_MAX_AGE_DAYS
+    reference_time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_age_days, bool) or not isinstance(self.max_age_days, int):
+            raise InvalidSettings("max_age_days", f"must be a whole number, got {self.max_age_days!r}")
+        if not MIN_AGE_DAYS <= self.max_age_days <= MAX_AGE_DAYS:
+            raise InvalidSettings("max_age_days", f"must be {MIN_AGE_DAYS} to {MAX_AGE_DAYS}, got {self.max_age_days}")
+        if self.reference_time is not None and self.reference_time.tzinfo is None:
+            raise InvalidSettings("reference_time", "must carry a timezone, e.g. 2026-11-20T06:00:00Z")
+
+    @property
+    def end(self) -> datetime:
+        return self.reference_time or datetime.now(timezone.utc)
+
+    @property
+    def cutoff_ms(self) -> int:
+        """Events stamped before this instant (ms since the epoch) are too old."""
+        start = self.end - timedelta(days=self.max_age_days)
+        return int(start.timestamp() * 1000)
+
+
+def filter_by_age(replay: Replay, cutoff_ms: int, counts: Counter[str]) -> Replay:
+    """Drop the parts of ``replay`` older than ``cutoff_ms``; normalise kept timestamps to ints."""
+    batch_ts = timestamp_ms(replay.batch.get("timestamp_unixtime_ms"))
+    kept = []
+    newest: int | None = None
+    for selected in replay.events:
+        data = selected.event.get("data") or {}
+        ts = timestamp_ms(data.get("timestamp_unixtime_ms"))
+        if ts is None:
+            counts["events_without_timestamp"] += 1
+            if batch_ts is None:
+                counts["events_too_old"] += 1
+                replay.trail.append((TOO_OLD, "no_timestamp"))
+                continue
+            ts = batch_ts
+        if ts < cutoff_ms:
+            counts["events_too_old"] += 1
+            replay.trail.append((TOO_OLD, "older_than_window"))
+            continue
+        if data.get("timestamp_unixtime_ms") != ts:
+            selected.event = {**selected.event, "data": {**data, "timestamp_unixtime_ms": ts}}
+        newest = ts if newest is None else max(newest, ts)
+        kept.append(selected)
+    replay.events = kept
+
+    if replay.user_attributes:
+        attributes_ts = batch_ts if batch_ts is not None else newest
+        if attributes_ts is None or attributes_ts < cutoff_ms:
+            counts["user_attributes_too_old"] += len(replay.user_attributes)
+            replay.trail.append((TOO_OLD, "older_than_window"))
+            replay.user_attributes = {}
+    return replay

@@ -1,0 +1,174 @@
+"""The records that flow between stages: where a record came from, and what of it is replayed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Outcomes a record can end in, best first: a record ends in the best outcome any part of it reached,
+# so a record whose events were partly replayed counts as replayed (its other parts are still
+# dead-lettered and counted at event level).
+REPLAYED = "replayed"
+DEAD_LETTERED = "dead_lettered"
+ALREADY_REPLAYED = "already_replayed"
+TOO_OLD = "too_old"
+NOTHING_TO_REPLAY = "nothing_to_replay"
+OUTCOMES: tuple[str, ...] = (REPLAYED, DEAD_LETTERED, ALREADY_REPLAYED, TOO_OLD, NOTHING_TO_REPLAY)
+
+# What a selected event is replayed for.
+BLOCKED_EVENT = "blocked_event"
+RESTORED_ATTRIBUTES = "restored_attributes"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRef:
+    """Where a record came from: object key, 1-based line and, for concatenated JSON, the part."""
+
+    object_key: str
+    line: int
+    part: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.object_key}:{self.line}" + (f"#{self.part}" if self.part else "")
+
+    def to_json(self) -> list[Any]:
+        return [self.object_key, self.line, self.part]
+
+    @classmethod
+    def from_json(cls, value: list[Any]) -> RecordRef:
+        return cls(value[0], int(value[1]), int(value[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class BlockMetadata:
+    """``context.data_plan.block_metadata`` of a quarantine record, ids normalised to strings."""
+
+    blocked_event_ids: frozenset[str]
+    blocked_event_attributes: dict[str, tuple[str, ...]]
+    blocked_user_attributes: tuple[str, ...]
+    blocked_user_identities: tuple[str, ...]
+    blocked_device_identities: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class QuarantineRecord:
+    """One line of a quarantine object: a whole original batch and what of it was blocked."""
+
+    ref: RecordRef
+    batch: dict[str, Any]
+    block: BlockMetadata
+    identity: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    """A line that cannot be a quarantine record. ``raw`` is the line as read (for the dead letter)."""
+
+    ref: RecordRef
+    reason: str
+    detail: str
+    raw: str
+
+
+@dataclass(slots=True)
+class SelectedEvent:
+    """An event chosen for replay, with why."""
+
+    event: dict[str, Any]
+    event_id: str
+    kind: str
+    restored_attributes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, "id": self.event_id, "kind": self.kind, "restored": self.restored_attributes}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> SelectedEvent:
+        return cls(value["event"], value["id"], value["kind"], tuple(value["restored"]))
+
+
+@dataclass(slots=True)
+class Replay:
+    """What one quarantine record contributes to the backfill, as it moves through the stages.
+
+    ``trail`` keeps every (outcome, reason) of the parts dropped on the way, so the record's final
+    outcome and the event-level counts can be told at the end whatever stage dropped what.
+    ``batches`` is filled by the transform stage.
+    """
+
+    ref: RecordRef
+    identity: str
+    batch: dict[str, Any]
+    events: list[SelectedEvent]
+    user_attributes: dict[str, Any]
+    trail: list[tuple[str, str]] = field(default_factory=list)
+    batches: list[ReplayBatch] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.events and not self.user_attributes and not self.batches
+
+    def outcome(self) -> tuple[str, str]:
+        """The record's outcome so far, from what its parts met (best outcome first)."""
+        if not self.trail:
+            return (NOTHING_TO_REPLAY, "nothing_selected")
+        return min(self.trail, key=lambda item: OUTCOMES.index(item[0]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref.to_json(),
+            "identity": self.identity,
+            "batch": self.batch,
+            "events": [event.to_json() for event in self.events],
+            "user_attributes": self.user_attributes,
+            "trail": [list(item) for item in self.trail],
+            "batches": [batch.to_json() for batch in self.batches],
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Replay:
+        return cls(
+            ref=RecordRef.from_json(value["ref"]),
+            identity=value["identity"],
+            batch=value["batch"],
+            events=[SelectedEvent.from_json(event) for event in value["events"]],
+            user_attributes=value["user_attributes"],
+            trail=[(item[0], item[1]) for item in value["trail"]],
+            batches=[ReplayBatch.from_json(batch) for batch in value["batches"]],
+        )
+
+
+@dataclass(slots=True)
+class ReplayBatch:
+    """One batch ready for the Events API, and the replay keys it delivers."""
+
+    replay_keys: tuple[str, ...]
+    payload: dict[str, Any]
+    size: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"keys": list(self.replay_keys), "payload": self.payload, "size": self.size}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ReplayBatch:
+        return cls(tuple(value["keys"]), value["payload"], value["size"])
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Something that will not be replayed and needs a person: what it is, where from, and why."""
+
+    ref: RecordRef
+    stage: str
+    reason: str
+    detail: str
+    content: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": str(self.ref),
+            "stage": self.stage,
+            "reason": self.reason,
+            "detail": self.detail,
+            "content": self.content,
+        }

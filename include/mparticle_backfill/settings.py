@@ -1,0 +1,215 @@
+"""Settings of a backfill run: one JSON object (the Airflow Variable), overridable per run, validated."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+from . import jsonio
+from .errors import InvalidSettings
+from .extract import PartitionLayout
+from .filter_by_age import DEFAULT_MAX_AGE_DAYS, AgeWindow
+from .fixes import FixRule, compile_rules
+from .select import SelectionSettings
+from .transform import KEEP, OMIT, TransformSettings
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+# name -> (default, description). The one table of settings: the DAG's params and the README use it.
+SETTINGS: dict[str, tuple[Any, str]] = {
+    "bucket": (None, "S3 bucket of the mParticle Quarantine output (required)."),
+    "prefix": ("", "Folder inside the bucket where the output writes (empty for the bucket root)."),
+    "date_folders": (True, "Objects sit in YYYY-MM-DD/ folders; if false the date is read from the file name."),
+    "state_bucket": (None, "Bucket for ledger, dead letters, reports and payloads (default: bucket)."),
+    "state_prefix": (None, "Folder for that state (default: <prefix>/_backfill)."),
+    "max_age_days": (DEFAULT_MAX_AGE_DAYS, "Replay only events younger than this many days (1 to 30)."),
+    "replay_blocked_events": (True, "Replay events that were blocked whole."),
+    "replay_blocked_event_attributes": (
+        False,
+        "Replay delivered events whose attributes were blocked, whole (duplicates them downstream).",
+    ),
+    "replay_blocked_user_attributes": (True, "Replay blocked user attributes."),
+    "include_blocked_identities": (True, "Send blocked user/device identities too, to resolve the same user."),
+    "environment": (None, "Force 'production' or 'development' (default: each batch's own)."),
+    "plan_version": (KEEP, "'keep' the original plan version, 'omit' it, or a version number."),
+    "fixes": ([], "Fix rules (a JSON list), validated before any data is read."),
+    "dry_run": (False, "Send nothing; write the payloads that would be sent."),
+    "force": (False, "Resend what the ledger says was already accepted."),
+    "partition_date": (None, "YYYY-MM-DD: the quarantine date to process (default: from the run)."),
+    "reference_time": (None, "ISO 8601 end of the age window, e.g. 2026-11-20T06:00:00Z (default: now)."),
+    "files_per_chunk": (25, "Quarantine objects per mapped chunk (bounds a worker's memory)."),
+}
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise InvalidSettings(name, f"must be true or false, got {value!r}")
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise InvalidSettings(name, f"must be a whole number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise InvalidSettings(name, f"must be a whole number, got {value!r}")
+
+
+def parse_date(name: str, value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise InvalidSettings(name, f"must be a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def parse_time(name: str, value: Any) -> datetime:
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidSettings(name, f"must be an ISO 8601 time like 2026-11-20T06:00:00Z, got {value!r}") from None
+    if moment.tzinfo is None:
+        raise InvalidSettings(name, "must carry a timezone, e.g. 2026-11-20T06:00:00Z")
+    return moment.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class BackfillSettings:
+    """Validated settings of one run."""
+
+    bucket: str
+    prefix: str = ""
+    date_folders: bool = True
+    state_bucket: str = ""
+    state_prefix: str = ""
+    max_age_days: int = DEFAULT_MAX_AGE_DAYS
+    replay_blocked_events: bool = True
+    replay_blocked_event_attributes: bool = False
+    replay_blocked_user_attributes: bool = True
+    include_blocked_identities: bool = True
+    environment: str | None = None
+    plan_version: str | int = KEEP
+    fixes: tuple[FixRule, ...] = ()
+    raw_fixes: list[Any] = field(default_factory=list)
+    dry_run: bool = False
+    force: bool = False
+    partition_date: date | None = None
+    reference_time: datetime | None = None
+    files_per_chunk: int = 25
+
+    @property
+    def layout(self) -> PartitionLayout:
+        state = self.state_prefix if self.state_bucket == self.bucket else ""
+        return PartitionLayout(self.prefix, self.date_folders, state)
+
+    @property
+    def selection(self) -> SelectionSettings:
+        return SelectionSettings(
+            self.replay_blocked_events, self.replay_blocked_event_attributes, self.replay_blocked_user_attributes
+        )
+
+    def age_window(self, default_reference: datetime | None = None) -> AgeWindow:
+        return AgeWindow(self.max_age_days, self.reference_time or default_reference)
+
+    def transform_settings(self, request_id_salt: str = "") -> TransformSettings:
+        return TransformSettings(
+            self.environment, self.plan_version, self.include_blocked_identities, self.fixes, request_id_salt
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as plain JSON (for XCom and the report)."""
+        return {
+            name: (
+                self.raw_fixes
+                if name == "fixes"
+                else value.isoformat()
+                if isinstance(value, (date, datetime))
+                else value
+            )
+            for name in SETTINGS
+            for value in [getattr(self, name)]
+        }
+
+
+def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> BackfillSettings:
+    """Merge the base settings (the Variable) with per-run overrides (None means "not set"), validate.
+
+    Raises :class:`InvalidSettings` naming the first bad setting.
+    """
+    merged: dict[str, Any] = {}
+    for source_name, source in (("mparticle_backfill", base or {}), ("run conf", overrides or {})):
+        if not isinstance(source, Mapping):
+            raise InvalidSettings(source_name, "must be a JSON object")
+        for name, value in source.items():
+            if name not in SETTINGS:
+                raise InvalidSettings(name, f"unknown setting (known: {', '.join(SETTINGS)})")
+            if value is not None and value != "":
+                merged[name] = value
+
+    bucket = merged.get("bucket")
+    if not isinstance(bucket, str) or not _BUCKET_NAME.match(bucket):
+        raise InvalidSettings("bucket", f"must be an S3 bucket name, got {bucket!r}")
+    prefix = str(merged.get("prefix", "")).strip("/")
+    state_bucket = merged.get("state_bucket") or bucket
+    if not isinstance(state_bucket, str) or not _BUCKET_NAME.match(state_bucket):
+        raise InvalidSettings("state_bucket", f"must be an S3 bucket name, got {state_bucket!r}")
+    state_prefix = str(merged.get("state_prefix") or (f"{prefix}/_backfill" if prefix else "_backfill")).strip("/")
+    if not state_prefix:
+        raise InvalidSettings("state_prefix", "must not be the bucket root")
+
+    environment = merged.get("environment")
+    plan_version: Any = merged.get("plan_version", KEEP)
+    if isinstance(plan_version, str) and plan_version not in (KEEP, OMIT):
+        plan_version = _int("plan_version", plan_version)
+    raw_fixes = merged.get("fixes", [])
+    if isinstance(raw_fixes, str):
+        try:
+            raw_fixes = jsonio.loads(raw_fixes)
+        except jsonio.DecodeError as error:
+            raise InvalidSettings("fixes", f"is not valid JSON: {error}") from None
+    files_per_chunk = _int("files_per_chunk", merged.get("files_per_chunk", 25))
+    if not 1 <= files_per_chunk <= 10_000:
+        raise InvalidSettings("files_per_chunk", f"must be 1 to 10000, got {files_per_chunk}")
+
+    settings = BackfillSettings(
+        bucket=bucket,
+        prefix=prefix,
+        date_folders=_bool("date_folders", merged.get("date_folders", True)),
+        state_bucket=state_bucket,
+        state_prefix=state_prefix,
+        max_age_days=_int("max_age_days", merged.get("max_age_days", DEFAULT_MAX_AGE_DAYS)),
+        replay_blocked_events=_bool("replay_blocked_events", merged.get("replay_blocked_events", True)),
+        replay_blocked_event_attributes=_bool(
+            "replay_blocked_event_attributes", merged.get("replay_blocked_event_attributes", False)
+        ),
+        replay_blocked_user_attributes=_bool(
+            "replay_blocked_user_attributes", merged.get("replay_blocked_user_attributes", True)
+        ),
+        include_blocked_identities=_bool("include_blocked_identities", merged.get("include_blocked_identities", True)),
+        environment=environment,
+        plan_version=plan_version,
+        fixes=compile_rules(raw_fixes),
+        raw_fixes=list(raw_fixes or []),
+        dry_run=_bool("dry_run", merged.get("dry_run", False)),
+        force=_bool("force", merged.get("force", False)),
+        partition_date=parse_date("partition_date", merged["partition_date"]) if "partition_date" in merged else None,
+        reference_time=parse_time("reference_time", merged["reference_time"]) if "reference_time" in merged else None,
+        files_per_chunk=files_per_chunk,
+    )
+    # Validate what the stage objects check for themselves, now, before any data is read.
+    settings.age_window()
+    settings.transform_settings()
+    return settings

@@ -1,0 +1,110 @@
+"""Realistic synthetic quarantine data (shaped like mParticle's own records) for tests, seeding and benchmarks.
+
+Identities are made-up example values (``@example.com``, 555 numbers): never real personal data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+from collections.abc import Iterator
+from datetime import date, datetime, timezone
+from typing import Any
+
+from . import jsonio
+
+APP_NAME = "mPTravel"
+_EVENT_NAMES = ("search flights", "view hotel", "add to trip", "checkout", "sign up", "rate trip")
+_SCREENS = ("Home", "Search", "Hotel", "Checkout")
+
+
+def object_key(prefix: str, day: date, sequence: int, *, date_folders: bool = True, second: int = 0) -> str:
+    """A key as the mParticle S3 output names it: ``[prefix/][YYYY-MM-DD/]App_<20 digits>_<5 digits>.txt``."""
+    stamp = datetime(day.year, day.month, day.day, 12, second // 60 % 60, second % 60, tzinfo=timezone.utc)
+    name = f"{APP_NAME}_{stamp.strftime('%Y%m%d%H%M%S')}{sequence % 1_000_000:06d}_{sequence % 100_000:05d}.txt"
+    folder = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    return f"{folder}{day.isoformat()}/{name}" if date_folders else f"{folder}{name}"
+
+
+def _event(rng: random.Random, event_id: int, timestamp_ms: int, attributes: int) -> dict[str, Any]:
+    if rng.random() < 0.15:
+        return {
+            "event_type": "screen_view",
+            "data": {
+                "screen_name": rng.choice(_SCREENS),
+                "timestamp_unixtime_ms": str(timestamp_ms),
+                "event_id": str(event_id),
+                "custom_attributes": {f"attr_{i}": f"value {rng.randrange(1000)}" for i in range(attributes)},
+            },
+        }
+    return {
+        "event_type": "custom_event",
+        "data": {
+            "event_name": rng.choice(_EVENT_NAMES),
+            "custom_event_type": rng.choice(("navigation", "transaction", "other")),
+            "custom_flags": {},
+            "timestamp_unixtime_ms": str(timestamp_ms),
+            "event_id": str(event_id),
+            "source_message_id": f"{rng.getrandbits(128):032x}",
+            "custom_attributes": {f"attr_{i}": f"value {rng.randrange(1000)}" for i in range(attributes)},
+        },
+    }
+
+
+def quarantine_record(rng: random.Random, timestamp_ms: int, *, events: int = 3, attributes: int = 3) -> dict[str, Any]:
+    """One quarantine record: a whole batch, some events blocked, some attributes blocked."""
+    event_ids = [rng.getrandbits(64) - 2**63 for _ in range(events)]
+    batch_events = [_event(rng, event_id, timestamp_ms - rng.randrange(60_000), attributes) for event_id in event_ids]
+    blocked = [str(e) for e in event_ids if rng.random() < 0.6] or [str(event_ids[0])]
+    allowed = [str(e) for e in event_ids if str(e) not in blocked]
+    user = rng.randrange(1, 10**6)
+    metadata: dict[str, Any] = {
+        "dto_version": 1,
+        "blocked_event_ids": blocked,
+        "blocked_event_attributes": [
+            {"event_id": event_id, "event_attributes": ["./data/custom_attributes/attr_0"]} for event_id in allowed[:1]
+        ]
+        if attributes
+        else [],
+        "blocked_user_attributes": ["$gender"] if rng.random() < 0.5 else [],
+        "blocked_user_identities": ["other_id_2"] if rng.random() < 0.3 else [],
+    }
+    return {
+        "events": batch_events,
+        "device_info": {"platform": "iOS", "ios_advertising_id": f"{rng.getrandbits(128):032x}"},
+        "application_info": {"os": "OutOfBand"},
+        "user_attributes": {"$gender": rng.choice("MF"), "$age": str(rng.randrange(18, 80)), "tier": "gold"},
+        "deleted_user_attributes": [],
+        "user_identities": {
+            "customer_id": f"cust-{user}",
+            "email": f"user{user}@example.com",
+            "other_id_2": f"loyalty-{user}",
+        },
+        "mpid": str(rng.getrandbits(63)),
+        "environment": "production",
+        "ip": "",
+        "source_info": {"channel": "partner", "partner": "Generic S2S"},
+        "timestamp_unixtime_ms": str(timestamp_ms),
+        "batch_id": str(rng.getrandbits(64) - 2**63),
+        "context": {"data_plan": {"plan_id": "main_plan", "plan_version": 2, "block_metadata": metadata}},
+    }
+
+
+def partition_lines(
+    rng: random.Random, day_ms: int, count: int, *, bad_every: int = 0, max_events: int = 6
+) -> Iterator[bytes]:
+    """NDJSON lines of ``count`` records of mixed sizes; every ``bad_every``-th line is not JSON."""
+    for index in range(count):
+        if bad_every and index % bad_every == bad_every - 1:
+            yield b'{"events": [truncated'
+            continue
+        record = quarantine_record(
+            rng, day_ms + rng.randrange(86_400_000), events=rng.randint(1, max_events), attributes=rng.randint(0, 8)
+        )
+        yield jsonio.dumps(record)
+
+
+def object_body(lines: list[bytes], *, compress: bool) -> bytes:
+    """An object's content: NDJSON, gzip-compressed when the output's "Use Compression" is on."""
+    body = b"\n".join(lines) + b"\n"
+    return gzip.compress(body, compresslevel=5) if compress else body

@@ -1,0 +1,243 @@
+"""Transform: turn what was selected from a record into valid Events API batches of the same user."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import jsonio, limits
+from .errors import FixFailed, InvalidSettings
+from .extract import id_string
+from .filter_by_age import timestamp_ms
+from .fixes import FixRule, apply_fixes
+from .model import DEAD_LETTERED, DeadLetter, Replay, ReplayBatch, SelectedEvent
+
+KEEP = "keep"
+OMIT = "omit"
+STAGE = "transform"
+
+# Dead-letter reasons of this stage.
+NO_RESOLVABLE_IDENTITY = "no_resolvable_identity"
+INVALID_EVENT = "invalid_event"
+EVENT_TOO_LARGE = "event_too_large"
+INVALID_USER_ATTRIBUTES = "invalid_user_attributes"
+INVALID_BATCH = "invalid_batch"
+FIX_FAILED = "fix_failed"
+
+# Batch fields carried over from the original as they are.
+_KEPT_FIELDS = ("mp_deviceid", "application_info", "consent_state", "integration_attributes")
+# Room kept in each batch for "source_request_id" and the keys that join the parts.
+_ENVELOPE_SLACK = 128
+
+
+@dataclass(frozen=True, slots=True)
+class TransformSettings:
+    """How replay batches are built.
+
+    :param environment: ``production`` or ``development`` for every batch; None keeps each batch's own.
+    :param plan_version: ``"keep"`` the original's, ``"omit"`` it (the active version applies), or an
+        int to name the plan version that allows the data.
+    :param include_blocked_identities: send blocked user/device identities too (default). The original
+        batch was resolved to its user with the whole set; a subset could resolve to another user.
+    :param fixes: validated fix rules (:func:`.fixes.compile_rules`).
+    :param request_id_salt: mixed into ``source_request_id``; empty for normal runs, so a repeated send
+        has the same id and mParticle drops it. A forced resend sets it (else mParticle would drop it).
+    """
+
+    environment: str | None = None
+    plan_version: str | int = KEEP
+    include_blocked_identities: bool = True
+    fixes: tuple[FixRule, ...] = ()
+    request_id_salt: str = ""
+
+    def __post_init__(self) -> None:
+        if self.environment is not None and self.environment not in limits.ENVIRONMENTS:
+            raise InvalidSettings("environment", f"must be one of {list(limits.ENVIRONMENTS)} or empty")
+        version = self.plan_version
+        if version not in (KEEP, OMIT) and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise InvalidSettings("plan_version", f"must be 'keep', 'omit' or a version number >= 1, got {version!r}")
+
+
+def source_request_id(identity: str, payload: dict[str, Any], salt: str = "") -> str:
+    """A deterministic id from the original batch and the replayed content (a UUID string)."""
+    digest = hashlib.sha256(identity.encode() + b"\0" + salt.encode() + b"\0" + jsonio.canonical(payload))
+    return str(uuid.UUID(bytes=digest.digest()[:16], version=5))
+
+
+def _block_metadata(batch: dict[str, Any]) -> dict[str, Any]:
+    return ((batch.get("context") or {}).get("data_plan") or {}).get("block_metadata") or {}
+
+
+def has_resolvable_identity(batch: dict[str, Any]) -> bool:
+    """Whether the original batch names its user by an mpid or an identity that was not blocked."""
+    mpid = id_string(batch.get("mpid"))
+    if mpid is not None and mpid != "0":
+        return True
+    blocked = set(_block_metadata(batch).get("blocked_user_identities") or ())
+    identities = batch.get("user_identities")
+    if not isinstance(identities, dict):
+        return False
+    return any(value not in (None, "") and name not in blocked for name, value in identities.items())
+
+
+def _envelope(batch: dict[str, Any], settings: TransformSettings) -> dict[str, Any]:
+    """Everything of a replay batch except events, user attributes and source_request_id."""
+    envelope: dict[str, Any] = {"environment": settings.environment or batch.get("environment")}
+    identities = batch.get("user_identities")
+    block = _block_metadata(batch)
+    if isinstance(identities, dict) and identities:
+        if not settings.include_blocked_identities:
+            blocked = set(block.get("blocked_user_identities") or ())
+            identities = {k: v for k, v in identities.items() if k not in blocked}
+        envelope["user_identities"] = identities
+    device_info = batch.get("device_info")
+    if isinstance(device_info, dict) and device_info:
+        if not settings.include_blocked_identities:
+            blocked = set(block.get("blocked_device_identities") or ())
+            device_info = {k: v for k, v in device_info.items() if k not in blocked}
+        envelope["device_info"] = device_info
+    mpid = id_string(batch.get("mpid"))
+    if mpid is not None and mpid.lstrip("-").isdigit() and mpid != "0":
+        envelope["mpid"] = int(mpid)
+    for name in _KEPT_FIELDS:
+        if batch.get(name) not in (None, "", {}, []):
+            envelope[name] = batch[name]
+    if batch.get("ip"):
+        envelope["ip"] = batch["ip"]
+    data_plan = (batch.get("context") or {}).get("data_plan")
+    if isinstance(data_plan, dict) and data_plan.get("plan_id"):
+        plan: dict[str, Any] = {"plan_id": data_plan["plan_id"]}
+        if settings.plan_version == KEEP and data_plan.get("plan_version") is not None:
+            plan["plan_version"] = data_plan["plan_version"]
+        elif isinstance(settings.plan_version, int):
+            plan["plan_version"] = settings.plan_version
+        envelope["context"] = {"data_plan": plan}
+    return envelope
+
+
+def _event_payload(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as sent: 64-bit fields that came as decimal strings become exact ints."""
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return event
+    changed = None
+    for name in limits.INTEGER_EVENT_FIELDS:
+        value = data.get(name)
+        if isinstance(value, str):
+            number = timestamp_ms(value)
+            if number is not None:
+                changed = changed or dict(data)
+                changed[name] = number
+    return {**event, "data": changed} if changed is not None else event
+
+
+def _chunks(attributes: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    items = list(attributes.items())
+    return [dict(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def transform(
+    replay: Replay,
+    settings: TransformSettings,
+    counts: Counter[str],
+    dead_letter: Callable[[DeadLetter], None],
+) -> Replay:
+    """Build the replay batches of ``replay`` (``replay.batches``); dead-letter what cannot be valid."""
+    if replay.empty:
+        return replay
+    batch = replay.batch
+
+    def reject(reason: str, detail: str, content: Any, events: int) -> None:
+        counts[f"events_dead_lettered:{reason}"] += events
+        replay.trail.append((DEAD_LETTERED, reason))
+        dead_letter(DeadLetter(replay.ref, STAGE, reason, detail, content))
+
+    if not has_resolvable_identity(batch):
+        reject(
+            NO_RESOLVABLE_IDENTITY,
+            "the original batch has no mpid and no user identity that was not blocked: a replay could "
+            "resolve to a new user (billed twice)",
+            batch,
+            len(replay.events),
+        )
+        replay.events, replay.user_attributes = [], {}
+        return replay
+
+    def fix_failed(selected: SelectedEvent, error: FixFailed) -> None:
+        reject(FIX_FAILED, str(error), selected.event, 1)
+
+    events, user_attributes = apply_fixes(settings.fixes, replay.events, replay.user_attributes, counts, fix_failed)
+
+    envelope = _envelope(batch, settings)
+    problem = limits.batch_problem({**envelope, "events": []})
+    if problem:
+        reject(INVALID_BATCH, problem, batch, len(events))
+        replay.events, replay.user_attributes = [], {}
+        return replay
+    base_size = len(jsonio.dumps(envelope)) + _ENVELOPE_SLACK
+
+    # Events: valid ones, each with its encoded size; a single event too big for any batch is dead.
+    sized_events: list[tuple[str, dict[str, Any], int]] = []
+    for selected in events:
+        payload = _event_payload(selected.event)
+        problem = limits.event_problem(payload)
+        if problem:
+            reject(INVALID_EVENT, problem, selected.event, 1)
+            continue
+        size = len(jsonio.dumps(payload)) + 1
+        if base_size + size > limits.MAX_BATCH_BYTES:
+            reject(EVENT_TOO_LARGE, f"{size} bytes: no batch of this user can hold it", selected.event, 1)
+            continue
+        sized_events.append((f"{replay.identity}:{selected.event_id}", payload, size))
+
+    attribute_chunks: list[dict[str, Any]] = []
+    for chunk in _chunks(user_attributes, limits.MAX_USER_ATTRIBUTES):
+        problem = limits.user_attributes_problem(chunk)
+        if problem:
+            reject(INVALID_USER_ATTRIBUTES, problem, chunk, 0)
+        else:
+            attribute_chunks.append(chunk)
+
+    # Pack events greedily into batches under the size limit; user attributes ride in the first batch
+    # when everything fits in one, else in batches of their own.
+    groups: list[tuple[list[str], list[dict[str, Any]], int]] = []
+    current_keys: list[str] = []
+    current_events: list[dict[str, Any]] = []
+    current_size = base_size
+    for key, payload, size in sized_events:
+        if current_events and current_size + size > limits.MAX_BATCH_BYTES:
+            groups.append((current_keys, current_events, current_size))
+            current_keys, current_events, current_size = [], [], base_size
+        current_keys.append(key)
+        current_events.append(payload)
+        current_size += size
+    if current_events:
+        groups.append((current_keys, current_events, current_size))
+
+    built: list[tuple[list[str], dict[str, Any]]] = []
+    for keys, group_events, _size in groups:
+        built.append((keys, {**envelope, "events": group_events}))
+    for index, chunk in enumerate(attribute_chunks):
+        key = f"{replay.identity}:user_attributes" + (f":{index + 1}" if index else "")
+        chunk_size = len(jsonio.dumps(chunk)) + 20
+        if index == 0 and len(groups) == 1 and groups[0][2] + chunk_size <= limits.MAX_BATCH_BYTES:
+            keys, payload = built[0]
+            built[0] = ([*keys, key], {**payload, "user_attributes": chunk})
+        elif base_size + chunk_size <= limits.MAX_BATCH_BYTES:
+            built.append(([key], {**envelope, "events": [], "user_attributes": chunk}))
+        else:
+            reject(INVALID_USER_ATTRIBUTES, f"{chunk_size} bytes of user attributes: too large", chunk, 0)
+
+    for keys, payload in built:
+        payload["source_request_id"] = source_request_id(replay.identity, payload, settings.request_id_salt)
+        size = len(jsonio.dumps(payload))
+        replay.batches.append(ReplayBatch(tuple(keys), payload, size))
+    if len(built) > 1:
+        counts["records_split"] += 1
+    counts["batches_built"] += len(built)
+    replay.events, replay.user_attributes = [], {}
+    return replay

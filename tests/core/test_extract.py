@@ -1,0 +1,161 @@
+"""Extract: reading quarantine objects (gzip or not), exact numbers, bad lines located, partitions."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import date
+
+import pytest
+
+from include.mparticle_backfill.extract import (
+    CORRUPT_GZIP,
+    INVALID_BLOCK_METADATA,
+    INVALID_JSON,
+    NO_BLOCK_METADATA,
+    NOT_AN_OBJECT,
+    UNKNOWN_DTO_VERSION,
+    PartitionLayout,
+    iter_records,
+    upload_date_from_name,
+)
+from include.mparticle_backfill.model import BadRecord, QuarantineRecord
+from tests.conftest import ndjson, stream
+
+KEY = "quarantine/2020-09-11/mPTravel_20200911021606900000_12345.txt"
+
+
+def test_real_record_parses_with_exact_64_bit_ids(real_record):
+    (record,) = iter_records(KEY, stream(ndjson(real_record)))
+    assert isinstance(record, QuarantineRecord)
+    assert record.identity == "-5158959812941698317"
+    assert record.block.blocked_event_ids == {"-7778608565459706417", "-387480379075294677"}
+    assert record.block.blocked_event_attributes == {"8561854144327985348": ("./data/custom_attributes/testAttr1",)}
+    assert record.ref.object_key == KEY and record.ref.line == 1
+
+
+def test_big_integers_stay_integers_not_floats():
+    record = {
+        "batch_id": 9223372036854775807,
+        "mpid": -9223372036854775808,
+        "events": [{"event_type": "custom_event", "data": {"event_id": 18446744073709551615}}],
+        "context": {"data_plan": {"block_metadata": {"dto_version": 1, "blocked_event_ids": [18446744073709551615]}}},
+    }
+    (parsed,) = iter_records(KEY, stream(ndjson(record)))
+    assert parsed.batch["mpid"] == -9223372036854775808 and type(parsed.batch["mpid"]) is int
+    assert parsed.batch["events"][0]["data"]["event_id"] == 18446744073709551615
+    assert parsed.block.blocked_event_ids == {"18446744073709551615"}
+    assert parsed.identity == "9223372036854775807"
+
+
+def test_gzip_is_detected_by_magic_bytes_not_suffix(real_record):
+    records = list(iter_records(KEY, stream(gzip.compress(ndjson(real_record, real_record)))))
+    assert [type(r) for r in records] == [QuarantineRecord, QuarantineRecord]
+    assert [r.ref.line for r in records] == [1, 2]
+
+
+def test_blank_lines_skipped_and_line_numbers_kept(real_record):
+    data = b"\n" + ndjson(real_record) + b"   \n\n" + ndjson(real_record)
+    assert [r.ref.line for r in iter_records(KEY, stream(data))] == [2, 5]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        pytest.param(b'{"events": [', INVALID_JSON, id="truncated-json"),
+        pytest.param(b"\xff\xfe not utf8", INVALID_JSON, id="not-utf8"),
+        pytest.param(b'{"a": NaN}', INVALID_JSON, id="nan"),
+        pytest.param(b"[1, 2]", NOT_AN_OBJECT, id="array"),
+        pytest.param(b'"text"', NOT_AN_OBJECT, id="string"),
+        pytest.param(b'{"events": []}', NO_BLOCK_METADATA, id="no-metadata"),
+        pytest.param(
+            b'{"context": {"data_plan": {"block_metadata": {"dto_version": 2}}}}', UNKNOWN_DTO_VERSION, id="dto-2"
+        ),
+        pytest.param(
+            b'{"context": {"data_plan": {"block_metadata": {"dto_version": 1, "blocked_event_ids": "x"}}}}',
+            INVALID_BLOCK_METADATA,
+            id="ids-not-list",
+        ),
+    ],
+)
+def test_bad_lines_are_located_and_kept(real_record, line, reason):
+    records = list(iter_records(KEY, stream(ndjson(real_record) + line + b"\n" + ndjson(real_record))))
+    assert [type(r).__name__ for r in records] == ["QuarantineRecord", "BadRecord", "QuarantineRecord"]
+    bad = records[1]
+    assert bad.reason == reason
+    assert str(bad.ref) == f"{KEY}:2"
+    assert bad.raw == line.decode("utf-8", "replace")
+
+
+def test_truncated_gzip_yields_a_located_bad_record_after_good_lines(real_record):
+    data = gzip.compress(ndjson(*[real_record] * 50))
+    records = list(iter_records(KEY, stream(data[: len(data) - 40])))
+    assert isinstance(records[-1], BadRecord) and records[-1].reason == CORRUPT_GZIP
+    assert "truncated" in records[-1].detail
+    assert all(isinstance(r, QuarantineRecord) for r in records[:-1])
+
+
+def test_corrupt_gzip_never_raises():
+    data = b"\x1f\x8b\x08\x00" + b"garbage" * 20
+    (bad,) = list(iter_records(KEY, stream(data)))
+    assert bad.reason == CORRUPT_GZIP
+
+
+def test_concatenated_json_without_newlines_yields_each_record(real_record):
+    """Kinesis Firehose concatenates records without newlines: none may be lost."""
+    line = ndjson(real_record).strip() * 3
+    records = list(iter_records(KEY, stream(line)))
+    assert [r.ref.part for r in records] == [1, 2, 3]
+    assert all(isinstance(r, QuarantineRecord) for r in records)
+
+
+def test_verification_objects_are_skipped():
+    assert list(iter_records("q/mParticle_Bucket_Verification_20201010-101010.txt", stream(b"{}\n"))) == []
+
+
+def test_upload_date_from_name():
+    assert upload_date_from_name("x/mPTravel_20171017170911644493_34523.txt") == date(2017, 10, 17)
+    assert upload_date_from_name("x/My_App_Name_20171017170911644493_34523.txt") == date(2017, 10, 17)
+    assert upload_date_from_name("x/notes.txt") is None
+    assert upload_date_from_name("x/App_20171317170911644493_34523.txt") is None
+
+
+DAY = date(2026, 11, 20)
+
+
+@pytest.mark.parametrize(
+    ("layout", "key", "belongs"),
+    [
+        pytest.param(PartitionLayout("q"), "q/2026-11-20/App_20261120101010000000_00001.txt", True, id="dated"),
+        pytest.param(PartitionLayout("q"), "q/2026-11-21/App_20261120101010000000_00001.txt", False, id="other-day"),
+        pytest.param(PartitionLayout("q"), "q/2026-11-20/", False, id="folder-marker"),
+        pytest.param(
+            PartitionLayout("q"), "q/2026-11-20/mParticle_Bucket_Verification_20261120-101010.txt", False, id="verify"
+        ),
+        pytest.param(PartitionLayout(""), "2026-11-20/App_20261120101010000000_00001.txt", True, id="bucket-root"),
+        pytest.param(
+            PartitionLayout("q", date_folders=False), "q/App_20261120235959999999_00001.txt", True, id="by-name"
+        ),
+        pytest.param(
+            PartitionLayout("q", date_folders=False), "q/App_20261121000000000000_00001.txt", False, id="by-name-next"
+        ),
+        pytest.param(
+            PartitionLayout("q", date_folders=False, state_prefix="q/_backfill"),
+            "q/_backfill/App_20261120101010000000_00001.txt",
+            False,
+            id="state-never-listed",
+        ),
+        pytest.param(
+            PartitionLayout("", date_folders=False, state_prefix="_backfill"),
+            "_backfill/2026-11-20/ledger/part.txt",
+            False,
+            id="state-at-root",
+        ),
+    ],
+)
+def test_partition_membership(layout, key, belongs):
+    assert layout.belongs(key, DAY) is belongs
+
+
+def test_listing_prefix():
+    assert PartitionLayout("q/").listing_prefix(DAY) == "q/2026-11-20/"
+    assert PartitionLayout("", date_folders=False).listing_prefix(DAY) == ""

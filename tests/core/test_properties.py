@@ -1,0 +1,120 @@
+"""Properties: no input line crashes the reader, and the counts always reconcile."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from include.mparticle_backfill import synthetic
+from include.mparticle_backfill.dedupe_check import DedupeCheck
+from include.mparticle_backfill.extract import iter_records
+from include.mparticle_backfill.model import BadRecord, QuarantineRecord
+from include.mparticle_backfill.pipeline import run_local
+from include.mparticle_backfill.select import SelectionSettings
+from include.mparticle_backfill.transform import TransformSettings
+from tests.conftest import REAL_RECORD_TIME_MS, real_record_dict
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+def mutated_record(draw_value, path_choice):
+    """The real record with one value somewhere replaced by anything."""
+    record = real_record_dict()
+    node = record
+    keys = path_choice
+    for key in keys[:-1]:
+        node = node[key] if isinstance(node, dict) and key in node else node
+    if isinstance(node, dict):
+        node[keys[-1]] = draw_value
+    return record
+
+
+PATHS = [
+    ("events",),
+    ("context",),
+    ("context", "data_plan"),
+    ("context", "data_plan", "block_metadata"),
+    ("context", "data_plan", "block_metadata", "blocked_event_ids"),
+    ("context", "data_plan", "block_metadata", "blocked_event_attributes"),
+    ("context", "data_plan", "block_metadata", "dto_version"),
+    ("user_identities",),
+    ("mpid",),
+    ("user_attributes",),
+    ("timestamp_unixtime_ms",),
+    ("batch_id",),
+    ("environment",),
+]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()), max_size=8))
+def test_reader_never_crashes_on_arbitrary_lines(lines):
+    data = b"\n".join(line.replace(b"\n", b" ") for line in lines)
+    for item in iter_records("k.txt", io.BytesIO(data)):
+        assert isinstance(item, (QuarantineRecord, BadRecord))
+
+
+@settings(max_examples=100)
+@given(st.binary(max_size=300))
+def test_reader_never_crashes_on_arbitrary_gzip_bytes(tail):
+    for item in iter_records("k.txt", io.BytesIO(b"\x1f\x8b" + tail)):
+        assert isinstance(item, (QuarantineRecord, BadRecord))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    values=st.lists(st.tuples(json_values, st.sampled_from(PATHS)), max_size=6),
+    duplicates=st.integers(0, 2),
+    junk=st.lists(st.binary(max_size=50), max_size=3),
+    options=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+    cutoff_shift=st.integers(-(10**6), 10**6),
+    compress=st.booleans(),
+)
+def test_counts_always_reconcile(values, duplicates, junk, options, cutoff_shift, compress):
+    records = [mutated_record(value, path) for value, path in values] + [real_record_dict()] * duplicates
+    lines = [json.dumps(r).encode() for r in records] + [j.replace(b"\n", b"") for j in junk]
+    random.Random(len(lines)).shuffle(lines)
+    body = b"\n".join(lines)
+    if compress:
+        body = gzip.compress(body)
+    dead = []
+    summary = run_local(
+        [("q/2020-09-11/App_20200911000000000000_00001.txt", io.BytesIO(body))],
+        selection=SelectionSettings(*options[:3]),
+        cutoff_ms=REAL_RECORD_TIME_MS + cutoff_shift,
+        transform_settings=TransformSettings(include_blocked_identities=options[3]),
+        dedupe=DedupeCheck(),
+        dead_letter=dead.append,
+    )
+    assert summary.reconciles(), summary.render()
+    assert summary.records_read >= len([line for line in lines if line.strip()]) - 0 or compress
+
+
+def test_synthetic_partition_reconciles_exactly():
+    rng = random.Random(7)
+    lines = list(synthetic.partition_lines(rng, REAL_RECORD_TIME_MS, 500, bad_every=50))
+    dead = []
+    summary = run_local(
+        [
+            ("a.txt", io.BytesIO(synthetic.object_body(lines[:250], compress=True))),
+            ("b.txt", io.BytesIO(synthetic.object_body(lines[250:], compress=False))),
+        ],
+        selection=SelectionSettings(),
+        cutoff_ms=REAL_RECORD_TIME_MS + 43_200_000,
+        transform_settings=TransformSettings(),
+        dedupe=DedupeCheck(),
+        dead_letter=dead.append,
+    )
+    assert summary.records_read == 500
+    assert summary.reconciles()
+    assert summary.total("dead_lettered") == 10 == len([d for d in dead if d.stage == "extract"])
+    assert summary.total("too_old") > 0 and summary.total("replayed") > 0

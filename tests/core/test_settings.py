@@ -1,0 +1,74 @@
+"""Settings: merged from the Variable and the run, validated with a message naming the setting."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+import pytest
+
+from include.mparticle_backfill.errors import FixRuleError, InvalidSettings
+from include.mparticle_backfill.settings import SETTINGS, parse_settings
+
+BASE = {"bucket": "acme-quarantine", "prefix": "mparticle/quarantine/"}
+
+
+def test_defaults_and_derived_state_location():
+    settings = parse_settings(BASE)
+    assert settings.prefix == "mparticle/quarantine"
+    assert settings.state_bucket == "acme-quarantine"
+    assert settings.state_prefix == "mparticle/quarantine/_backfill"
+    assert settings.layout.state_prefix == "mparticle/quarantine/_backfill"
+    assert settings.max_age_days == 14 and settings.replay_blocked_events and not settings.dry_run
+
+
+def test_run_overrides_win_and_none_means_unset():
+    settings = parse_settings(
+        {**BASE, "max_age_days": 10, "dry_run": False},
+        {
+            "max_age_days": 7,
+            "dry_run": True,
+            "environment": None,
+            "partition_date": "2026-11-20",
+            "reference_time": "2026-11-21T06:00:00Z",
+        },
+    )
+    assert settings.max_age_days == 7 and settings.dry_run
+    assert settings.partition_date == date(2026, 11, 20)
+    assert settings.reference_time == datetime(2026, 11, 21, 6, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("override", "setting"),
+    [
+        pytest.param({"bucket": "Not_A_Bucket"}, "bucket", id="bucket"),
+        pytest.param({"max_age_days": 45}, "max_age_days", id="age-range"),
+        pytest.param({"max_age_days": "two"}, "max_age_days", id="age-type"),
+        pytest.param({"dry_run": "maybe"}, "dry_run", id="bool"),
+        pytest.param({"environment": "staging"}, "environment", id="environment"),
+        pytest.param({"plan_version": "latest"}, "plan_version", id="plan-version"),
+        pytest.param({"partition_date": "20/11/2026"}, "partition_date", id="date"),
+        pytest.param({"reference_time": "2026-11-20T06:00:00"}, "reference_time", id="naive-time"),
+        pytest.param({"max_age_day": 3}, "max_age_day", id="typo"),
+        pytest.param({"fixes": "[not json"}, "fixes", id="fixes-json"),
+        pytest.param({"files_per_chunk": 0}, "files_per_chunk", id="chunk"),
+    ],
+)
+def test_invalid_settings_name_the_setting(override, setting):
+    with pytest.raises(InvalidSettings) as error:
+        parse_settings(BASE, override)
+    assert error.value.setting == setting
+    assert setting in str(error.value)
+
+
+def test_fix_rules_are_validated_with_the_settings():
+    with pytest.raises(FixRuleError, match="#1 'x'"):
+        parse_settings(BASE, {"fixes": '[{"name": "x", "then": [{"nope": 1}]}]'})
+
+
+def test_settings_round_trip_to_json():
+    settings = parse_settings(
+        BASE, {"fixes": [{"name": "x", "then": [{"rename_event": "y"}]}], "partition_date": "2026-11-20"}
+    )
+    as_json = settings.to_json()
+    assert set(as_json) == set(SETTINGS)
+    assert parse_settings(as_json) == settings
