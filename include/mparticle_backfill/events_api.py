@@ -1,0 +1,272 @@
+"""Events API client: paced, concurrent bulk sends with retries, 400 isolation and per-batch results.
+
+Plain Python over ``requests``; the Airflow hook builds one from a connection. Safe to retry because
+every replay batch carries a deterministic ``source_request_id``: mParticle drops a repeated one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .errors import CredentialsRefused, InvalidSettings, TransientSendError
+from .pack import BulkRequest, OutgoingBatch, request_body
+
+log = logging.getLogger("mparticle_backfill.events_api")
+
+PODS = {
+    "us1": "https://s2s.us1.mparticle.com",
+    "us2": "https://s2s.us2.mparticle.com",
+    "eu1": "https://s2s.eu1.mparticle.com",
+    "au1": "https://s2s.au1.mparticle.com",
+}
+BULK_PATH = "/v2/bulkevents"
+RATE_HEADER = "X-mp-rate-limit-percentage-used"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """How to reach and pace the Events API.
+
+    :param base_url: the pod, e.g. ``https://s2s.us1.mparticle.com`` (``/v2`` is added).
+    :param batches_per_second: pace across all workers (default 250, under the default 270 limit).
+    :param max_workers: concurrent requests.
+    :param timeout_seconds: connect and read timeout of one request.
+    :param max_retries: retries of one request on 429, 5xx, timeouts and dropped connections.
+    """
+
+    base_url: str
+    api_key: str = field(repr=False)
+    api_secret: str = field(repr=False)
+    batches_per_second: float = 250.0
+    max_workers: int = 4
+    timeout_seconds: float = 30.0
+    max_retries: int = 8
+    backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise InvalidSettings("host", f"must be a URL like https://s2s.us1.mparticle.com, got {self.base_url!r}")
+        if not self.api_key or not self.api_secret:
+            raise InvalidSettings("login/password", "the connection needs the input's API key and secret")
+        if not 0 < self.batches_per_second <= 100_000:
+            raise InvalidSettings("batches_per_second", f"must be above 0, got {self.batches_per_second}")
+        if not 1 <= self.max_workers <= 64:
+            raise InvalidSettings("max_workers", f"must be 1 to 64, got {self.max_workers}")
+        if self.max_retries < 0 or self.timeout_seconds <= 0:
+            raise InvalidSettings("max_retries/timeout_seconds", "must be positive")
+
+
+@dataclass(slots=True)
+class RequestResult:
+    """What the API made of one packed request: batches accepted, batches rejected with the reason."""
+
+    accepted: list[OutgoingBatch] = field(default_factory=list)
+    rejected: list[tuple[OutgoingBatch, str]] = field(default_factory=list)
+    http_requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+
+
+class _Stopped(Exception):
+    """A worker gave up because another one failed; the first failure is what is raised."""
+
+
+class Pacer:
+    """A token bucket shared by the workers: ``rate`` batches per second, slowed when mParticle says so.
+
+    When the API reports more than 80% of the rate limit used, or answers 429, the pace drops; it
+    recovers slowly while usage stays low.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.configured = rate
+        self.rate = rate
+        self.capacity = max(rate, 100.0)
+        self.tokens = min(self.capacity, rate)
+        self.updated = time.monotonic()
+        self.lock = threading.Lock()
+
+    def acquire(self, batches: int, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= batches or self.tokens >= self.capacity:
+                    self.tokens -= batches
+                    return
+                wait_for = (batches - self.tokens) / self.rate
+            stop.wait(min(wait_for, 1.0))
+
+    def observe(self, percentage_used: float | None, throttled: bool = False) -> None:
+        with self.lock:
+            if throttled:
+                self.rate = max(self.configured * 0.1, self.rate * 0.5)
+                self.tokens = min(self.tokens, 0.0)
+            elif percentage_used is not None and percentage_used >= 80:
+                self.rate = max(self.configured * 0.1, self.rate * 0.9)
+            elif self.rate < self.configured:
+                self.rate = min(self.configured, self.rate * 1.05)
+
+
+class EventsApiClient:
+    """Sends packed bulk requests to ``/v2/bulkevents``.
+
+    - 202: every batch of the request is accepted.
+    - 400: mParticle refuses the whole request; it is split in halves and resent, recursively, until
+      the refused batches are isolated and returned as rejected with the API's message.
+    - 401/403: :class:`CredentialsRefused` at once, never retried; everything stops.
+    - 429 (waits ``Retry-After`` if given), 5xx, timeouts, dropped connections: retried with
+      exponential backoff and jitter up to ``max_retries``, then :class:`TransientSendError`.
+    """
+
+    def __init__(self, settings: ClientSettings, session: requests.Session | None = None) -> None:
+        self.settings = settings
+        self.url = settings.base_url.rstrip("/").removesuffix("/v2") + BULK_PATH
+        self.pacer = Pacer(settings.batches_per_second)
+        self._stop = threading.Event()
+        self._session = session or self._new_session()
+        self._random = random.Random()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.settings.max_workers, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.auth = (self.settings.api_key, self.settings.api_secret)
+        session.headers.update({"Content-Type": "application/json", "User-Agent": "mparticle-quarantine-backfill"})
+        return session
+
+    def close(self) -> None:
+        self._session.close()
+
+    def check_credentials(self) -> None:
+        """Post an empty bulk request: raises :class:`CredentialsRefused` if the key is refused."""
+        self._post(b"[]", 0)
+
+    def send(
+        self, requests_to_send: Iterable[BulkRequest], on_result: Callable[[RequestResult], None] | None = None
+    ) -> Iterator[RequestResult]:
+        """Send requests with ``max_workers`` in flight; yield each result as it completes.
+
+        At most ``2 * max_workers`` requests are held at once, so memory stays flat however many are
+        sent. The first :class:`CredentialsRefused` or :class:`TransientSendError` stops all workers
+        and is raised after the results already received were yielded.
+        """
+        self._stop.clear()
+        workers = self.settings.max_workers
+        pending: set[Future[RequestResult]] = set()
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="events-api") as pool:
+            source = iter(requests_to_send)
+            exhausted = False
+            while pending or not exhausted:
+                while not exhausted and failure is None and len(pending) < 2 * workers:
+                    request = next(source, None)
+                    if request is None:
+                        exhausted = True
+                    else:
+                        pending.add(pool.submit(self.send_batches, request.batches))
+                if not pending:
+                    break
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        result = future.result()
+                    except _Stopped:
+                        continue
+                    except (CredentialsRefused, TransientSendError) as error:
+                        failure = failure or error
+                        self._stop.set()
+                        exhausted = True
+                        continue
+                    if on_result is not None:
+                        on_result(result)
+                    yield result
+        if failure is not None:
+            raise failure
+
+    def send_batches(self, batches: list[OutgoingBatch]) -> RequestResult:
+        """Send one request; on 400, isolate the refused batches by splitting in halves."""
+        result = RequestResult()
+        self._send_part(batches, result)
+        return result
+
+    def _send_part(self, batches: list[OutgoingBatch], result: RequestResult) -> None:
+        status, message = self._post(request_body(batches), len(batches), result)
+        if status == 202:
+            result.accepted.extend(batches)
+        elif len(batches) == 1:
+            result.rejected.append((batches[0], message))
+        else:
+            middle = len(batches) // 2
+            self._send_part(batches[:middle], result)
+            self._send_part(batches[middle:], result)
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.settings.max_backoff_seconds, self.settings.backoff_seconds * 2**attempt)
+        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
+
+    def _post(self, body: bytes, batches: int, result: RequestResult | None = None) -> tuple[int, str]:
+        """POST with pacing and retries; returns (202 or 400, message)."""
+        result = result or RequestResult()
+        timeout = self.settings.timeout_seconds
+        last_problem = ""
+        for attempt in range(self.settings.max_retries + 1):
+            if self._stop.is_set():
+                raise _Stopped
+            if attempt:
+                result.retries += 1
+            self.pacer.acquire(batches, self._stop)
+            result.http_requests += 1
+            try:
+                response = self._session.post(self.url, data=body, timeout=(timeout, timeout))
+            except (requests.ConnectionError, requests.Timeout) as error:
+                last_problem = f"{type(error).__name__}"
+                self._stop.wait(self._backoff(attempt))
+                continue
+            status = response.status_code
+            if status in (401, 403):
+                self._stop.set()
+                raise CredentialsRefused(
+                    f"the Events API refused the API key and secret (HTTP {status}); check the connection's "
+                    "login (API key) and password (secret) for this input"
+                )
+            if status in (200, 202):
+                used = response.headers.get(RATE_HEADER)
+                self.pacer.observe(float(used) if used and used.replace(".", "", 1).isdigit() else None)
+                return 202, ""
+            if status == 400:
+                return 400, _error_message(response)
+            if status == 429:
+                result.throttled += 1
+                self.pacer.observe(None, throttled=True)
+                retry_after = response.headers.get("Retry-After", "")
+                delay = float(retry_after) if retry_after.isdigit() else self._backoff(attempt)
+                last_problem = "HTTP 429"
+                self._stop.wait(min(delay, self.settings.max_backoff_seconds))
+                continue
+            last_problem = f"HTTP {status}"
+            self._stop.wait(self._backoff(attempt))
+        raise TransientSendError(
+            f"the Events API did not accept a request of {batches} batches after "
+            f"{self.settings.max_retries + 1} attempts (last: {last_problem})"
+        )
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors) or response.text
+    except (ValueError, AttributeError):
+        return response.text[:500] or f"HTTP {response.status_code}"
