@@ -213,3 +213,62 @@ def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
     settings.age_window()
     settings.transform_settings()
     return settings
+
+
+def resolve_partition_date(
+    explicit: date | None, data_interval_start: datetime | None, run_after: datetime | None
+) -> date:
+    """The one place a run's quarantine date is decided.
+
+    An explicit ``partition_date`` wins; else the start of the run's data interval (scheduled runs and
+    backfills: the daily timetable's interval [D, D+1) is partition D); else, for a manual run with
+    neither, the day before the run.
+    """
+    if explicit is not None:
+        return explicit
+    if data_interval_start is not None:
+        return data_interval_start.astimezone(timezone.utc).date()
+    moment = (run_after or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return date.fromordinal(moment.date().toordinal() - 1)
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """Where one run keeps its state, under ``<state_prefix>/<partition date>/``.
+
+    ``ledger/`` (replay keys the API accepted, shared by every run of the partition), ``runs/<run>/``
+    (stage outputs between tasks), ``dead_letters/<run>/``, ``payloads/<run>/`` (dry runs) and
+    ``reports/``.
+    """
+
+    state_prefix: str
+    day: date
+    run_key: str
+
+    @property
+    def partition(self) -> str:
+        return f"{self.state_prefix.strip('/')}/{self.day.isoformat()}"
+
+    def stage_output(self, stage: str, chunk: int) -> str:
+        return f"{self.partition}/runs/{self.run_key}/{stage}/chunk-{chunk:05d}.ndjson.gz"
+
+    @property
+    def ledger_prefix(self) -> str:
+        return f"{self.partition}/ledger/"
+
+    def ledger_part(self, chunk: int, sequence: int) -> str:
+        return f"{self.ledger_prefix}{self.run_key}-chunk-{chunk:05d}-{sequence:05d}.txt"
+
+    def dead_letters(self, stage: str, chunk: int) -> str:
+        return f"{self.partition}/dead_letters/{self.run_key}/{stage}-chunk-{chunk:05d}.ndjson"
+
+    def payloads(self, chunk: int) -> str:
+        return f"{self.partition}/payloads/{self.run_key}/chunk-{chunk:05d}.ndjson"
+
+    def report(self, extension: str) -> str:
+        return f"{self.partition}/reports/{self.run_key}.{extension}"
+
+
+def run_key(run_id: str) -> str:
+    """A run id made safe for an S3 key."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_") or "run"

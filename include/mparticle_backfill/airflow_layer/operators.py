@@ -1,0 +1,137 @@
+"""MParticleSendOperator: send one chunk's replay batches to the Events API (or, dry run, write them)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from ..accounting import Summary
+from ..errors import CredentialsRefused, InvalidSettings
+from ..events_api import RequestResult
+from ..pack import payloads
+from ..pipeline import SendTracker, pack_stage
+from .hooks import MParticleEventsHook
+from .stages import paths_of, settings_of
+from .store import S3_CONN_ID, S3Store
+
+
+class LedgerWriter:
+    """Appends accepted replay keys to the partition's ledger as sends succeed, in small parts.
+
+    A part is written every ``every_seconds`` or ``every_keys``, and on close: a crash loses at most
+    the last few seconds of keys, and those batches, resent, are dropped by mParticle
+    (same ``source_request_id``).
+    """
+
+    def __init__(
+        self, store: S3Store, bucket: str, paths: Any, chunk: int, every_seconds: float = 5.0, every_keys: int = 5000
+    ):
+        self.store, self.bucket, self.paths, self.chunk = store, bucket, paths, chunk
+        self.every_seconds, self.every_keys = every_seconds, every_keys
+        self.pending: list[str] = []
+        self.sequence = 0
+        self.written = 0
+        self.last = time.monotonic()
+
+    def add(self, keys: Any) -> None:
+        self.pending.extend(keys)
+        if len(self.pending) >= self.every_keys or time.monotonic() - self.last >= self.every_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            body = ("\n".join(self.pending) + "\n").encode()
+            self.store.put_bytes(self.bucket, self.paths.ledger_part(self.chunk, self.sequence), body, "text/plain")
+            self.sequence += 1
+            self.written += len(self.pending)
+            self.pending = []
+        self.last = time.monotonic()
+
+
+class MParticleSendOperator(BaseOperator):
+    """Sends the replay batches of one chunk to mParticle's Events API through :class:`MParticleEventsHook`.
+
+    Batches are packed into bulk requests (at most 100 batches, 256 KB), sent with pacing and retries;
+    accepted replay keys go to the partition's ledger as they are accepted; batches the API refuses are
+    dead-lettered with its message. In a dry run nothing is sent: the requests are written to S3.
+    Refused credentials fail the task without retry; transient faults raise so Airflow retries.
+
+    :param chunk: the chunk descriptor from ``dedupe_check`` (templated).
+    :param mparticle_conn_id: the Events API connection (templated).
+    :param aws_conn_id: the S3 connection (templated).
+    """
+
+    template_fields = ("chunk", "mparticle_conn_id", "aws_conn_id")
+    ui_color = "#e6f0ff"
+
+    def __init__(
+        self,
+        *,
+        chunk: Mapping[str, Any],
+        mparticle_conn_id: str = MParticleEventsHook.default_conn_name,
+        aws_conn_id: str = S3_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.chunk = chunk
+        self.mparticle_conn_id = mparticle_conn_id
+        self.aws_conn_id = aws_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        chunk = self.chunk
+        settings, paths = settings_of(chunk), paths_of(chunk)
+        store = S3Store(self.aws_conn_id)
+        bucket = settings.state_bucket
+        summary = Summary()
+        index = chunk["chunk"]
+        replays = store.read_replays(bucket, paths.stage_output("dedupe_check", index))
+        ledger = LedgerWriter(store, bucket, paths, index)
+        with store.writer(bucket, paths.dead_letters("send", index), upload_empty=False) as dead:
+            tracker = SendTracker(summary, dead.write_dead_letter)
+            requests_to_send = pack_stage(replays, tracker)
+            if settings.dry_run:
+                with store.writer(bucket, paths.payloads(index), upload_empty=False) as out:
+                    for request in requests_to_send:
+                        summary.counts["requests_dry_run"] += 1
+                        for payload in payloads(request):
+                            out.write(payload)
+                        for batch in request.batches:
+                            tracker.accepted(batch, "dry_run")
+            else:
+                self._send(requests_to_send, tracker, ledger, summary)
+        self.log.info(
+            "send chunk %d/%d: %d requests, %d retries, %d throttled, %d batches accepted, %d rejected, "
+            "%d replay keys added to the ledger%s\n%s",
+            index + 1, chunk["chunks"], summary.counts["requests"], summary.counts["retries"],
+            summary.counts["throttled"], summary.counts["batches_accepted"], summary.counts["batches_rejected"],
+            ledger.written, " (DRY RUN: nothing sent)" if settings.dry_run else "", summary.render("send"),
+        )  # fmt: skip
+        return {**chunk, "stage": "send", "summary": summary.to_json()}
+
+    def _send(self, requests_to_send: Any, tracker: SendTracker, ledger: LedgerWriter, summary: Summary) -> None:
+        hook = MParticleEventsHook(self.mparticle_conn_id)
+
+        def record(result: RequestResult) -> None:
+            summary.counts["requests"] += 1
+            summary.counts["http_requests"] += result.http_requests
+            summary.counts["retries"] += result.retries
+            summary.counts["throttled"] += result.throttled
+            for batch in result.accepted:
+                ledger.add(batch.replay_keys)
+                tracker.accepted(batch)
+            for batch, message in result.rejected:
+                tracker.rejected(batch, message)
+
+        try:
+            for result in hook.send_requests(requests_to_send):
+                record(result)
+        except (CredentialsRefused, InvalidSettings) as error:
+            raise AirflowFailException(str(error)) from None
+        finally:
+            ledger.flush()
+        if tracker.waiting:
+            raise RuntimeError(f"{tracker.waiting} records got no answer from the Events API")

@@ -1,0 +1,43 @@
+"""The DAG's run params: one per setting, all empty by default so the Variable's value applies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Param
+
+from ..settings import SETTINGS
+
+_TYPES: dict[str, dict[str, Any]] = {
+    "bucket": {"type": ["null", "string"]},
+    "prefix": {"type": ["null", "string"]},
+    "date_folders": {"type": ["null", "boolean"]},
+    "state_bucket": {"type": ["null", "string"]},
+    "state_prefix": {"type": ["null", "string"]},
+    "max_age_days": {"type": ["null", "integer"], "minimum": 1, "maximum": 30},
+    "replay_blocked_events": {"type": ["null", "boolean"]},
+    "replay_blocked_event_attributes": {"type": ["null", "boolean"]},
+    "replay_blocked_user_attributes": {"type": ["null", "boolean"]},
+    "include_blocked_identities": {"type": ["null", "boolean"]},
+    "environment": {"type": ["null", "string"], "enum": [None, "production", "development"]},
+    "plan_version": {"type": ["null", "string", "integer"]},
+    "fixes": {"type": ["null", "array"]},
+    "dry_run": {"type": ["null", "boolean"]},
+    "force": {"type": ["null", "boolean"]},
+    "partition_date": {"type": ["null", "string"], "format": "date"},
+    "reference_time": {"type": ["null", "string"]},
+    "files_per_chunk": {"type": ["null", "integer"], "minimum": 1},
+}
+
+
+def run_params() -> dict[str, Param]:
+    """Params for the trigger form; an empty one means "use the mparticle_backfill Variable"."""
+    return {
+        name: Param(
+            None,
+            title=name.replace("_", " ").capitalize(),
+            description=f"{description} Empty: use the mparticle_backfill Variable (default {default!r}).",
+            **_TYPES[name],
+        )
+        for name, (default, description) in SETTINGS.items()
+    }

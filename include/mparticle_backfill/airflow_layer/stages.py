@@ -1,0 +1,206 @@
+"""The bodies of the DAG's tasks: each reads its chunk from S3, runs one core stage, writes its output.
+
+Every task gets and returns a small *chunk descriptor* (XCom): the run's settings, partition date,
+state location, the chunk's object keys and the stage's counts. Data never travels through XCom.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from .. import jsonio
+from ..accounting import Summary, merge_all
+from ..dedupe_check import DedupeCheck
+from ..errors import InvalidSettings
+from ..pipeline import dedupe_stage, extract_stage, filter_by_age_stage, transform_stage
+from ..settings import BackfillSettings, StatePaths, parse_settings, parse_time, resolve_partition_date, run_key
+from .store import S3Store
+
+log = logging.getLogger(__name__)
+MAX_MAP_LENGTH = 1024
+
+
+def settings_of(chunk: Mapping[str, Any]) -> BackfillSettings:
+    return parse_settings(chunk["settings"])
+
+
+def paths_of(chunk: Mapping[str, Any]) -> StatePaths:
+    return StatePaths(chunk["settings"]["state_prefix"], date.fromisoformat(chunk["partition_date"]), chunk["run_key"])
+
+
+def _next(chunk: Mapping[str, Any], stage: str, summary: Summary, **extra: Any) -> dict[str, Any]:
+    return {**chunk, "stage": stage, "summary": summary.to_json(), **extra}
+
+
+def plan_partition(
+    variable: Mapping[str, Any] | None,
+    params: Mapping[str, Any],
+    *,
+    run_id: str,
+    data_interval_start: datetime | None,
+    run_after: datetime | None,
+    store: S3Store,
+) -> list[dict[str, Any]]:
+    """Validate the settings, resolve the partition date, list its objects, cut them into chunks."""
+    try:
+        settings = parse_settings(variable, {k: v for k, v in params.items() if v is not None})
+    except InvalidSettings as error:
+        raise AirflowFailException(f"Invalid settings: {error}") from None
+    day = resolve_partition_date(settings.partition_date, data_interval_start, run_after)
+    reference = settings.reference_time or run_after
+    window = settings.age_window(reference)
+    keys, skipped = store.list_partition(settings.bucket, settings.layout, day)
+    per_chunk = max(settings.files_per_chunk, math.ceil(len(keys) / MAX_MAP_LENGTH))
+    groups = [keys[i : i + per_chunk] for i in range(0, len(keys), per_chunk)] or [[]]
+    base = settings.to_json()
+    base["partition_date"] = day.isoformat()
+    base["reference_time"] = window.end.isoformat()
+    log.info(
+        "Partition %s of s3://%s/%s: %d objects in %d chunks (%d verification objects skipped); "
+        "replay window %d days before %s; dry_run=%s force=%s",
+        day, settings.bucket, settings.layout.listing_prefix(day), len(keys), len(groups), skipped,
+        settings.max_age_days, window.end.isoformat(), settings.dry_run, settings.force,
+    )  # fmt: skip
+    summary = Summary()
+    summary.counts["objects_listed"] = len(keys)
+    summary.counts["verification_objects_skipped"] = skipped
+    return [
+        {
+            "chunk": index,
+            "chunks": len(groups),
+            "partition_date": day.isoformat(),
+            "run_key": run_key(run_id),
+            "settings": base,
+            "keys": group,
+            "stage": "plan",
+            "summary": summary.to_json() if index == 0 else Summary().to_json(),
+        }
+        for index, group in enumerate(groups)
+    ]
+
+
+def extract_chunk(chunk: Mapping[str, Any], store: S3Store) -> dict[str, Any]:
+    """Read the chunk's quarantine objects; keep what to replay; dead-letter bad lines."""
+    settings, paths = settings_of(chunk), paths_of(chunk)
+    summary = Summary()
+    objects = ((key, store.object_stream(settings.bucket, key)) for key in chunk["keys"])
+    bucket = settings.state_bucket
+    with (
+        store.writer(bucket, paths.stage_output("extract", chunk["chunk"]), compress=True) as out,
+        store.writer(bucket, paths.dead_letters("extract", chunk["chunk"]), upload_empty=False) as dead,
+    ):
+        for replay in extract_stage(objects, settings.selection, summary, dead.write_dead_letter):
+            out.write_replay(replay)
+    log.info("extract chunk %d/%d\n%s", chunk["chunk"] + 1, chunk["chunks"], summary.render("extract"))
+    return _next(chunk, "extract", summary)
+
+
+def filter_chunk(chunk: Mapping[str, Any], store: S3Store) -> dict[str, Any]:
+    """Drop what is older than the replay window."""
+    settings, paths = settings_of(chunk), paths_of(chunk)
+    window = settings.age_window(parse_time("reference_time", chunk["settings"]["reference_time"]))
+    summary = Summary()
+    bucket = settings.state_bucket
+    replays = store.read_replays(bucket, paths.stage_output("extract", chunk["chunk"]))
+    with store.writer(bucket, paths.stage_output("filter_by_age", chunk["chunk"]), compress=True) as out:
+        for replay in filter_by_age_stage(replays, window.cutoff_ms, summary):
+            out.write_replay(replay)
+    log.info(
+        "filter_by_age chunk %d/%d: window %d days before %s\n%s",
+        chunk["chunk"] + 1, chunk["chunks"], window.max_age_days, window.end.isoformat(),
+        summary.render("filter_by_age"),
+    )  # fmt: skip
+    return _next(chunk, "filter_by_age", summary)
+
+
+def request_id_salt(chunk: Mapping[str, Any]) -> str:
+    """Forced resends get new source_request_ids (else mParticle would drop them); normal runs none."""
+    return chunk["run_key"] if chunk["settings"].get("force") else ""
+
+
+def transform_chunk(chunk: Mapping[str, Any], store: S3Store) -> dict[str, Any]:
+    """Apply fix rules and build valid replay batches; dead-letter what cannot be valid."""
+    settings, paths = settings_of(chunk), paths_of(chunk)
+    summary = Summary()
+    bucket = settings.state_bucket
+    replays = store.read_replays(bucket, paths.stage_output("filter_by_age", chunk["chunk"]))
+    with (
+        store.writer(bucket, paths.stage_output("transform", chunk["chunk"]), compress=True) as out,
+        store.writer(bucket, paths.dead_letters("transform", chunk["chunk"]), upload_empty=False) as dead,
+    ):
+        transform_settings = settings.transform_settings(request_id_salt(chunk))
+        for replay in transform_stage(replays, transform_settings, summary, dead.write_dead_letter):
+            out.write_replay(replay)
+    log.info("transform chunk %d/%d\n%s", chunk["chunk"] + 1, chunk["chunks"], summary.render("transform"))
+    return _next(chunk, "transform", summary)
+
+
+def dedupe_partition(chunks: Iterable[Mapping[str, Any]], store: S3Store) -> list[dict[str, Any]]:
+    """One pass over the whole partition: drop keys in the ledger and batches seen twice."""
+    chunks = sorted(chunks, key=lambda c: c["chunk"])
+    settings, paths = settings_of(chunks[0]), paths_of(chunks[0])
+    bucket = settings.state_bucket
+    ledger = store.read_ledger(bucket, paths.ledger_prefix)
+    check = DedupeCheck(ledger, force=settings.force, request_id_salt=request_id_salt(chunks[0]))
+    results = []
+    total = Summary()
+    for chunk in chunks:
+        summary = Summary()
+        replays = store.read_replays(bucket, paths.stage_output("transform", chunk["chunk"]))
+        with store.writer(bucket, paths.stage_output("dedupe_check", chunk["chunk"]), compress=True) as out:
+            for replay in dedupe_stage(replays, check, summary):
+                out.write_replay(replay)
+        total.merge(summary)
+        results.append(_next(chunk, "dedupe_check", summary))
+    log.info(
+        "dedupe_check: %d replay keys in the ledger of %s (force=%s)\n%s",
+        len(ledger), paths.day.isoformat(), settings.force, total.render("dedupe_check"),
+    )  # fmt: skip
+    return results
+
+
+def build_report(stage_outputs: Iterable[Iterable[Mapping[str, Any]]], store: S3Store) -> dict[str, Any]:
+    """Add every stage's counts up, check they reconcile, write the report (JSON and Markdown) to S3."""
+    outputs = [chunk for stage in stage_outputs for chunk in stage]
+    first = outputs[0]
+    settings, paths = settings_of(first), paths_of(first)
+    total = merge_all(Summary.from_json(chunk["summary"]) for chunk in outputs)
+    dead_letters = sorted(store.list_keys(settings.state_bucket, f"{paths.partition}/dead_letters/{paths.run_key}/"))
+    title = f"mParticle quarantine backfill {paths.day.isoformat()}" + (" (DRY RUN)" if settings.dry_run else "")
+    report = {
+        "partition_date": paths.day.isoformat(),
+        "run": paths.run_key,
+        "dry_run": settings.dry_run,
+        "settings": {k: v for k, v in first["settings"].items() if k != "fixes"} | {"fixes": len(settings.fixes)},
+        "reconciled": total.reconciles(),
+        "summary": total.to_json(),
+        "totals": {
+            outcome: total.total(outcome)
+            for outcome in ("replayed", "nothing_to_replay", "too_old", "already_replayed", "dead_lettered")
+        },
+        "dead_letters": [f"s3://{settings.state_bucket}/{key}" for key in dead_letters],
+        "payloads": f"s3://{settings.state_bucket}/{paths.partition}/payloads/{paths.run_key}/"
+        if settings.dry_run
+        else None,
+    }
+    markdown = total.render_markdown(title)
+    if dead_letters:
+        markdown += "\n## Dead letters\n\n" + "\n".join(f"- `{uri}`" for uri in report["dead_letters"]) + "\n"
+    store.put_bytes(settings.state_bucket, paths.report("json"), jsonio.dumps(report))
+    store.put_bytes(settings.state_bucket, paths.report("md"), markdown.encode(), "text/markdown")
+    log.info(
+        "%s\nReport: s3://%s/%s\nDead letters: %d objects under s3://%s/%s/dead_letters/%s/",
+        total.render(title), settings.state_bucket, paths.report("md"), len(dead_letters),
+        settings.state_bucket, paths.partition, paths.run_key,
+    )  # fmt: skip
+    if not total.reconciles():
+        raise AirflowFailException(
+            f"counts do not reconcile: {total.records_read} records read, {total.accounted} accounted for"
+        )
+    return {"report": f"s3://{settings.state_bucket}/{paths.report('json')}", **report["totals"]}

@@ -1,0 +1,151 @@
+"""End to end with dag.test(): moto S3 over HTTP, the Events API emulator, a realistic partition."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.airflow.conftest import BUCKET, PREFIX, ROOT
+from tests.conftest import real_record_dict
+
+pytestmark = pytest.mark.airflow
+
+DAY = "2026-11-20"
+RUN_CONF = {"reference_time": "2026-11-21T06:00:00Z", "partition_date": DAY}
+IN_WINDOW_MS = int(datetime(2026, 11, 20, 9, tzinfo=timezone.utc).timestamp() * 1000)
+TOO_OLD_MS = int(datetime(2026, 10, 1, tzinfo=timezone.utc).timestamp() * 1000)
+STATE = f"{PREFIX}/_backfill/{DAY}"
+
+
+def record(batch_id: int, *, timestamp_ms: int = IN_WINDOW_MS, **changes) -> dict:
+    """The real quarantine record with new ids and times; events keep their blocked/allowed roles."""
+    data = real_record_dict()
+    data["batch_id"] = str(batch_id)
+    data["timestamp_unixtime_ms"] = str(timestamp_ms)
+    ids = {}
+    for index, event in enumerate(data["events"]):
+        new_id = str(batch_id * 10 + index)
+        ids[event["data"]["event_id"]] = new_id
+        event["data"]["event_id"] = new_id
+        event["data"]["timestamp_unixtime_ms"] = str(timestamp_ms)
+    block = data["context"]["data_plan"]["block_metadata"]
+    block["blocked_event_ids"] = [ids[i] for i in block["blocked_event_ids"]]
+    for entry in block["blocked_event_attributes"]:
+        entry["event_id"] = ids[entry["event_id"]]
+    data.update(changes)
+    return data
+
+
+def lines(*records) -> bytes:
+    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records)
+
+
+def seed_partition(s3) -> None:
+    orphan = record(5005, user_identities={"customer_id": "1234"})  # only blocked identities, no mpid
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=f"{PREFIX}/{DAY}/mPTravel_20261120090000000001_00001.txt",
+        Body=gzip.compress(lines(record(1001), record(1002), record(1001))),  # 1001 delivered twice
+    )
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=f"{PREFIX}/{DAY}/mPTravel_20261120100000000002_00002.txt",
+        Body=lines(record(2001, timestamp_ms=TOO_OLD_MS), b'{"events": [', orphan),
+    )
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{DAY}/mParticle_Bucket_Verification_20261120-101010.txt", Body=b"{}")
+    s3.put_object(  # another day: never read
+        Bucket=BUCKET, Key=f"{PREFIX}/2026-11-19/mPTravel_20261119100000000002_00003.txt", Body=lines(record(9001))
+    )
+
+
+def get_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags")).dags["mparticle_quarantine_backfill"]
+
+
+def run_dag(conf=None):
+    dag = get_dag()
+    run = dag.test(logical_date=datetime(2026, 11, 20, tzinfo=timezone.utc), run_conf={**RUN_CONF, **(conf or {})})
+    return run
+
+
+def report(s3, run) -> dict:
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/reports/")["Contents"]]
+    (key,) = [k for k in keys if k.endswith(".json") and run.run_id.replace(":", "_").replace("+", "_") in k]
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def dead_letters(s3) -> list[dict]:
+    found = []
+    for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/dead_letters/").get("Contents", []):
+        body = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+        found += [json.loads(line) for line in body.splitlines()]
+    return found
+
+
+def test_partition_end_to_end_then_rerun_sends_nothing_new(airflow_db, s3, connections):
+    emulator = connections
+    seed_partition(s3)
+    run = run_dag()
+    assert run.state == "success"
+
+    batches = emulator.state.batches
+    sent_events = sorted(e["data"]["event_id"] for b in batches for e in b["events"])
+    assert sent_events == [10010, 10011, 10020, 10021]  # the two blocked events of 1001 and 1002, once
+    for batch in batches:
+        assert "batch_id" not in batch and "source_info" not in batch and "timestamp_unixtime_ms" not in batch
+        assert batch["user_identities"]["customer_id"] == "1234"
+        assert batch["user_attributes"] == {"$gender": "M"}
+        assert all(e["data"]["timestamp_unixtime_ms"] == IN_WINDOW_MS for e in batch["events"])
+
+    letters = dead_letters(s3)
+    reasons = sorted(letter["reason"] for letter in letters)
+    assert reasons == ["invalid_json", "no_resolvable_identity"]
+    bad = next(letter for letter in letters if letter["reason"] == "invalid_json")
+    assert bad["source"] == f"{PREFIX}/{DAY}/mPTravel_20261120100000000002_00002.txt:2"
+    assert bad["content"] == '{"events": ['
+
+    summary = report(s3, run)
+    assert summary["reconciled"] is True
+    assert summary["summary"]["records_read"] == 6
+    assert summary["totals"] == {
+        "replayed": 2, "nothing_to_replay": 0, "too_old": 1, "already_replayed": 1, "dead_lettered": 2,
+    }  # fmt: skip
+    assert summary["summary"]["counts"]["verification_objects_skipped"] == 1
+
+    # Re-running the same partition sends nothing new: the ledger knows what was accepted.
+    again = run_dag()
+    assert again.state == "success"
+    assert len(emulator.state.batches) == len(batches)
+    assert emulator.state.stats["duplicates_dropped"] == 0  # not even resent
+    assert report(s3, again)["totals"]["already_replayed"] == 3
+
+
+def test_dry_run_sends_nothing_and_writes_payloads(airflow_db, s3, connections):
+    emulator = connections
+    seed_partition(s3)
+    run = run_dag({"dry_run": True})
+    assert run.state == "success"
+    assert emulator.state.batches == []
+    payload_keys = [
+        o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/payloads/").get("Contents", [])
+    ]
+    payloads = [
+        json.loads(line)
+        for key in payload_keys
+        for line in s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().splitlines()
+    ]
+    assert sorted(e["data"]["event_id"] for p in payloads for e in p["events"]) == [10010, 10011, 10020, 10021]
+    assert report(s3, run)["dry_run"] is True
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/ledger/").get("Contents")
+
+
+def test_invalid_settings_fail_the_run_naming_the_setting(airflow_db, s3, connections):
+    seed_partition(s3)
+    run = run_dag({"max_age_days": 45})
+    assert run.state == "failed"
+    assert connections.state.batches == []
