@@ -1,0 +1,92 @@
+"""Benchmark: read -> select -> filter -> transform -> dedupe -> pack, one process, one core.
+
+Generates a synthetic partition (mixed record sizes, gzip and plain objects, some bad lines) on disk,
+then runs the whole core pipeline over it and reports records/s and peak RSS.
+
+    .venv/bin/python bench/bench_pipeline.py --records 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from include.mparticle_backfill import synthetic  # noqa: E402
+from include.mparticle_backfill.dedupe_check import DedupeCheck  # noqa: E402
+from include.mparticle_backfill.pipeline import run_local  # noqa: E402
+from include.mparticle_backfill.select import SelectionSettings  # noqa: E402
+from include.mparticle_backfill.transform import TransformSettings  # noqa: E402
+
+DAY_MS = 1_763_596_800_000  # 2025-11-20T00:00:00Z
+
+
+def generate(folder: Path, records: int, per_object: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f"done-{records}-{per_object}"
+    paths = sorted(folder.glob("part-*.txt"))
+    if marker.exists():
+        return paths
+    for path in paths:
+        path.unlink()
+    rng = random.Random(42)
+    written = []
+    for index, start in enumerate(range(0, records, per_object)):
+        count = min(per_object, records - start)
+        lines = list(synthetic.partition_lines(rng, DAY_MS, count, bad_every=1000))
+        path = folder / f"part-{index:05d}.txt"
+        path.write_bytes(synthetic.object_body(lines, compress=index % 2 == 0))
+        written.append(path)
+    marker.touch()
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--per-object", type=int, default=10_000)
+    parser.add_argument("--data", type=Path, default=ROOT / "bench" / "out" / "partition")
+    args = parser.parse_args()
+    paths = generate(args.data, args.records, args.per_object)
+    size = sum(p.stat().st_size for p in paths)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    requests = batches = 0
+
+    def on_request(request) -> None:
+        nonlocal requests, batches
+        requests += 1
+        batches += len(request.batches)
+
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    summary = run_local(
+        ((p.name, p.open("rb")) for p in paths),
+        selection=SelectionSettings(replay_blocked_event_attributes=True),
+        cutoff_ms=DAY_MS + 6 * 3_600_000,  # about a quarter of the day is "too old"
+        transform_settings=TransformSettings(),
+        dedupe=DedupeCheck(),
+        dead_letter=lambda letter: None,
+        on_request=on_request,
+    )
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert summary.reconciles(), summary.render()
+    print(f"records            {summary.records_read:>12,}")
+    print(f"objects            {len(paths):>12,} ({size / 1e6:,.0f} MB on disk, half gzip)")
+    print(f"wall time          {elapsed:>12.1f} s")
+    print(f"records/s (wall)   {summary.records_read / elapsed:>12,.0f}")
+    print(f"records/s (cpu)    {summary.records_read / cpu:>12,.0f}")
+    print(f"batches packed     {batches:>12,} in {requests:,} requests")
+    print(f"peak RSS           {peak:>12,.0f} MB (before run {rss_before:,.0f} MB)")
+    print(summary.render("outcomes"))
+
+
+if __name__ == "__main__":
+    main()
