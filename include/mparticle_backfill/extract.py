@@ -138,6 +138,8 @@ def batch_identity(batch: dict[str, Any], raw: bytes) -> str:
 
 def id_string(value: Any) -> str | None:
     """A 64-bit id as an exact string, whether it came as a JSON string or integer."""
+    if type(value) is str and value and not value[0].isspace() and not value[-1].isspace():
+        return value
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -161,8 +163,8 @@ def _block_metadata(batch: dict[str, Any]) -> tuple[BlockMetadata | None, str, s
         value = metadata.get(name) or []
         if not isinstance(value, list):
             return None, INVALID_BLOCK_METADATA, f"{name} is not a list"
-        items = [id_string(item) for item in value]
-        if any(item is None for item in items):
+        items = [item if type(item) is str and item else id_string(item) for item in value]
+        if None in items:
             return None, INVALID_BLOCK_METADATA, f"{name} holds a value that is not a string or integer"
         lists[name] = tuple(items)  # type: ignore[arg-type]
     attributes: dict[str, tuple[str, ...]] = {}

@@ -103,6 +103,13 @@ def event_problem(event: Any) -> str | None:
         if len(attributes) > MAX_EVENT_ATTRIBUTES:
             return f"{len(attributes)} custom attributes, more than {MAX_EVENT_ATTRIBUTES}"
         for name, value in attributes.items():
+            kind = type(value)
+            if (
+                type(name) is str
+                and 0 < len(name) <= MAX_NAME_LENGTH
+                and ((kind is str and len(value) <= MAX_VALUE_LENGTH) or kind in (int, float, bool) or value is None)
+            ):
+                continue  # the common case, checked fast
             problem = _scalar_problem("custom attribute", name, value)
             if problem:
                 return problem

@@ -145,6 +145,7 @@ class ReplayBatch:
     replay_keys: tuple[str, ...]
     payload: dict[str, Any]
     size: int = 0
+    body: bytes | None = field(default=None, repr=False)  # the encoded payload, when already made
 
     def to_json(self) -> dict[str, Any]:
         return {"keys": list(self.replay_keys), "payload": self.payload, "size": self.size}

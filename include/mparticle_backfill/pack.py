@@ -45,7 +45,7 @@ def pack(
     """Yield bulk requests in input order, each within both limits; streams in bounded memory."""
     current = BulkRequest()
     for ref, batch in items:
-        body = jsonio.dumps(batch.payload)
+        body = batch.body if batch.body is not None else jsonio.dumps(batch.payload)
         added = len(body) + (1 if current.batches else 0)
         if current.batches and (len(current.batches) >= max_batches or current.size + added > max_bytes):
             yield current

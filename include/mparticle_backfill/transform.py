@@ -180,19 +180,26 @@ def transform(
         return replay
     base_size = len(jsonio.dumps(envelope)) + _ENVELOPE_SLACK
 
-    # Events: valid ones, each with its encoded size; a single event too big for any batch is dead.
-    sized_events: list[tuple[str, dict[str, Any], int]] = []
+    # Events: the valid ones. Their encoded sizes are needed only when they may not fit in one batch.
+    valid: list[tuple[SelectedEvent, dict[str, Any]]] = []
     for selected in events:
         payload = _event_payload(selected.event)
         problem = limits.event_problem(payload)
         if problem:
             reject(INVALID_EVENT, problem, selected.event, 1)
-            continue
-        size = len(jsonio.dumps(payload)) + 1
+        else:
+            valid.append((selected, payload))
+    all_events_size = len(jsonio.dumps([payload for _, payload in valid])) if valid else 0
+    fits_in_one = base_size + all_events_size <= limits.MAX_BATCH_BYTES
+    sized_events: list[tuple[str, dict[str, Any], int]] = []
+    for selected, payload in valid:
+        size = 0 if fits_in_one else len(jsonio.dumps(payload)) + 1
         if base_size + size > limits.MAX_BATCH_BYTES:
             reject(EVENT_TOO_LARGE, f"{size} bytes: no batch of this user can hold it", selected.event, 1)
             continue
         sized_events.append((f"{replay.identity}:{selected.event_id}", payload, size))
+    if fits_in_one:  # one batch: its size is the whole list's
+        sized_events = [(key, payload, 0) for key, payload, _ in sized_events]
 
     attribute_chunks: list[dict[str, Any]] = []
     for chunk in _chunks(user_attributes, limits.MAX_USER_ATTRIBUTES):
@@ -216,7 +223,7 @@ def transform(
         current_events.append(payload)
         current_size += size
     if current_events:
-        groups.append((current_keys, current_events, current_size))
+        groups.append((current_keys, current_events, base_size + all_events_size if fits_in_one else current_size))
 
     built: list[tuple[list[str], dict[str, Any]]] = []
     for keys, group_events, _size in groups:
@@ -234,8 +241,8 @@ def transform(
 
     for keys, payload in built:
         payload["source_request_id"] = source_request_id(replay.identity, payload, settings.request_id_salt)
-        size = len(jsonio.dumps(payload))
-        replay.batches.append(ReplayBatch(tuple(keys), payload, size))
+        body = jsonio.dumps(payload)
+        replay.batches.append(ReplayBatch(tuple(keys), payload, len(body), body))
     if len(built) > 1:
         counts["records_split"] += 1
     counts["batches_built"] += len(built)
