@@ -144,8 +144,33 @@ def test_dry_run_sends_nothing_and_writes_payloads(airflow_db, s3, connections):
     assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/ledger/").get("Contents")
 
 
-def test_invalid_settings_fail_the_run_naming_the_setting(airflow_db, s3, connections):
+def test_invalid_settings_fail_the_run_naming_the_setting(airflow_db, s3, connections, monkeypatch):
+    from airflow.sdk.exceptions import ParamValidationError
+
     seed_partition(s3)
-    run = run_dag({"max_age_days": 45})
+    # The trigger form's schema refuses what it can check, naming the param.
+    with pytest.raises(ParamValidationError, match="max_age_days"):
+        run_dag({"max_age_days": 45})
+    # What only the engine can check fails the run in plan_partition, before any data is read.
+    run = run_dag({"fixes": [{"name": "bad", "then": [{"explode": 1}]}]})
     assert run.state == "failed"
+    monkeypatch.setenv("AIRFLOW_VAR_MPARTICLE_BACKFILL", json.dumps({"bucket": BUCKET, "max_age_days": 45}))
+    assert run_dag().state == "failed"
     assert connections.state.batches == []
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/runs/").get("Contents")
+
+
+def test_plan_partition_names_the_bad_setting():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.mparticle_backfill.airflow_layer.stages import plan_partition
+
+    with pytest.raises(AirflowFailException, match=r"invalid fix rule #1 'bad': unknown step 'explode'"):
+        plan_partition(
+            {"bucket": BUCKET},
+            {"fixes": [{"name": "bad", "then": [{"explode": 1}]}]},
+            run_id="manual__x",
+            data_interval_start=None,
+            run_after=None,
+            store=None,
+        )
