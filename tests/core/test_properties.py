@@ -96,7 +96,8 @@ def test_counts_always_reconcile(values, duplicates, junk, options, cutoff_shift
         dead_letter=dead.append,
     )
     assert summary.reconciles(), summary.render()
-    assert summary.records_read >= len([line for line in lines if line.strip()]) - 0 or compress
+    if not compress:  # every non-blank line is at least one record (concatenated JSON gives more)
+        assert summary.records_read >= sum(1 for line in lines if line.strip())
 
 
 def test_synthetic_partition_reconciles_exactly():

@@ -1,0 +1,51 @@
+"""MParticleEventsHook: connection fields to client settings, and test_connection over HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from include.mparticle_backfill.airflow_layer.hooks import MParticleEventsHook
+from tests.airflow.conftest import API_KEY, API_SECRET
+
+
+def set_connection(monkeypatch, **fields) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MPARTICLE_EVENTS_API", json.dumps({"conn_type": "http", **fields}))
+
+
+@pytest.mark.parametrize(
+    ("fields", "url"),
+    [
+        pytest.param(
+            {"host": "https://s2s.eu1.mparticle.com"}, "https://s2s.eu1.mparticle.com/v2/bulkevents", id="url"
+        ),
+        pytest.param({"host": "s2s.us2.mparticle.com"}, "https://s2s.us2.mparticle.com/v2/bulkevents", id="bare-https"),
+        pytest.param(
+            {"host": "127.0.0.1", "schema": "http", "port": 8089}, "http://127.0.0.1:8089/v2/bulkevents", id="parts"
+        ),
+        pytest.param(
+            {"host": "https://s2s.mparticle.com/v2/"}, "https://s2s.mparticle.com/v2/bulkevents", id="with-v2"
+        ),
+    ],
+)
+def test_host_forms(monkeypatch, fields, url):
+    set_connection(monkeypatch, login="k", password="s", extra={"batches_per_second": 100, "max_workers": 2}, **fields)
+    hook = MParticleEventsHook()
+    client = hook.get_conn()
+    assert client.url == url
+    assert hook.client_settings.batches_per_second == 100 and hook.client_settings.max_workers == 2
+    assert "'s'" not in repr(hook.client_settings)
+
+
+def test_test_connection_accepts_and_refuses(monkeypatch, emulator):
+    host, port = emulator.url.removeprefix("http://").split(":")
+    set_connection(monkeypatch, host=host, schema="http", port=int(port), login=API_KEY, password=API_SECRET)
+    ok, message = MParticleEventsHook().test_connection()
+    assert ok, message
+    set_connection(monkeypatch, host=host, schema="http", port=int(port), login=API_KEY, password="wrong-secret")
+    ok, message = MParticleEventsHook().test_connection()
+    assert not ok and "refused" in message and "wrong-secret" not in message
+    set_connection(monkeypatch, host=host, schema="http", port=int(port))
+    ok, message = MParticleEventsHook().test_connection()
+    assert not ok and "API key and secret" in message
