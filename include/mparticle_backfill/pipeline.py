@@ -38,36 +38,31 @@ def extract_stage(
                 yield replay
 
 
-def filter_by_age_stage(replays: Iterable[Replay], cutoff_ms: int, summary: Summary) -> Iterator[Replay]:
-    """Drop what is older than the window; records with nothing left end here."""
+def _advance(replays: Iterable[Replay], step: Callable[[Replay], object], summary: Summary) -> Iterator[Replay]:
+    """Apply one stage's step to each record; a record with nothing left ends here and is counted."""
     for replay in replays:
-        filter_by_age(replay, cutoff_ms, summary.counts)
+        step(replay)
         if replay.empty:
             summary.finish(replay)
         else:
             yield replay
+
+
+def filter_by_age_stage(replays: Iterable[Replay], cutoff_ms: int, summary: Summary) -> Iterator[Replay]:
+    """Drop what is older than the window; records with nothing left end here."""
+    return _advance(replays, lambda replay: filter_by_age(replay, cutoff_ms, summary.counts), summary)
 
 
 def transform_stage(
     replays: Iterable[Replay], settings: TransformSettings, summary: Summary, dead_letter: DeadLetterSink
 ) -> Iterator[Replay]:
     """Build replay batches; records with no valid batch end here."""
-    for replay in replays:
-        transform(replay, settings, summary.counts, dead_letter)
-        if replay.empty:
-            summary.finish(replay)
-        else:
-            yield replay
+    return _advance(replays, lambda replay: transform(replay, settings, summary.counts, dead_letter), summary)
 
 
 def dedupe_stage(replays: Iterable[Replay], check: DedupeCheck, summary: Summary) -> Iterator[Replay]:
     """Drop what was replayed before; records with nothing left end here."""
-    for replay in replays:
-        check.check(replay, summary.counts)
-        if replay.empty:
-            summary.finish(replay)
-        else:
-            yield replay
+    return _advance(replays, lambda replay: check.check(replay, summary.counts), summary)
 
 
 class SendTracker:
