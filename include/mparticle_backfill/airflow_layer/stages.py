@@ -18,6 +18,7 @@ from .. import jsonio
 from ..accounting import Summary, merge_all
 from ..dedupe_check import DedupeCheck
 from ..errors import InvalidSettings
+from ..model import OUTCOMES
 from ..pipeline import dedupe_stage, extract_stage, filter_by_age_stage, transform_stage
 from ..settings import BackfillSettings, StatePaths, parse_settings, parse_time, resolve_partition_date, run_key
 from .store import S3Store
@@ -180,10 +181,7 @@ def build_report(stage_outputs: Iterable[Iterable[Mapping[str, Any]]], store: S3
         "settings": {k: v for k, v in first["settings"].items() if k != "fixes"} | {"fixes": len(settings.fixes)},
         "reconciled": total.reconciles(),
         "summary": total.to_json(),
-        "totals": {
-            outcome: total.total(outcome)
-            for outcome in ("replayed", "nothing_to_replay", "too_old", "already_replayed", "dead_lettered")
-        },
+        "totals": {outcome: total.total(outcome) for outcome in OUTCOMES},
         "dead_letters": [f"s3://{settings.state_bucket}/{key}" for key in dead_letters],
         "payloads": f"s3://{settings.state_bucket}/{paths.partition}/payloads/{paths.run_key}/"
         if settings.dry_run
