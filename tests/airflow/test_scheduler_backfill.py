@@ -24,6 +24,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_api(port: int, timeout: float) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"the api-server did not answer on port {port} in {timeout}s")
+
+
 def wait_for_runs(dag_id: str, count: int, timeout: float) -> list:
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
@@ -58,6 +72,7 @@ def test_backfill_three_dates_each_partition_once(airflow_db, s3, connections, m
     monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "4")
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://127.0.0.1:{port}/execution/")
     monkeypatch.setenv("AIRFLOW__API__PORT", str(port))
+    monkeypatch.setenv("AIRFLOW__API__HOST", "127.0.0.1")  # loopback only
     monkeypatch.setenv("AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC", "1")
     airflow_cli("dags", "reserialize")
     airflow_cli("dags", "unpause", "mparticle_quarantine_backfill")  # a paused DAG's backfill never runs
@@ -66,16 +81,17 @@ def test_backfill_three_dates_each_partition_once(airflow_db, s3, connections, m
         "--from-date", DAYS[0], "--to-date", DAYS[-1],
     )  # fmt: skip
     logs = (AIRFLOW_HOME / "scheduler-test.log").open("w")
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "airflow", name, *extra],
-            stdout=logs,
-            stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
+
+    def start(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args], stdout=logs, stderr=subprocess.STDOUT, env=os.environ.copy()
         )
-        for name, extra in (("api-server", ["--port", str(port)]), ("scheduler", []), ("dag-processor", []))
-    ]
+
+    # Tasks report to the api-server: it must answer before the scheduler hands any task out.
+    processes = [start("api-server", "--port", str(port))]
     try:
+        wait_for_api(port, timeout=180)
+        processes += [start("scheduler"), start("dag-processor")]
         runs = wait_for_runs("mparticle_quarantine_backfill", 3, timeout=420)
     finally:
         for process in processes:
