@@ -67,6 +67,8 @@ def main() -> None:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{WEB_PORT}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # local only: no login on 127.0.0.1
         "PYTHONPATH": str(ROOT),
+        # `airflow standalone` starts its parts as `airflow ...`: the venv's bin must be on PATH.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "NO_PROXY": "127.0.0.1,localhost",
     }
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
