@@ -95,6 +95,12 @@ def main() -> None:
     )
     airflow("dags", "reserialize")
     airflow("dags", "unpause", "mparticle_quarantine_backfill")  # the scheduler runs nothing of a paused DAG
+    # Created before Airflow starts: SQLite takes one writer at a time. The backfill covers the two
+    # earlier days; once unpaused, the daily schedule's own run processes yesterday.
+    airflow(
+        "backfill", "create", "--dag-id", "mparticle_quarantine_backfill",
+        "--from-date", days[0].isoformat(), "--to-date", days[1].isoformat(),
+    )  # fmt: skip
     standalone = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env)
     for _ in range(120):
         try:
@@ -103,15 +109,11 @@ def main() -> None:
         except requests.RequestException:
             pass
         time.sleep(2)
-    airflow(
-        "backfill", "create", "--dag-id", "mparticle_quarantine_backfill",
-        "--from-date", days[0].isoformat(), "--to-date", days[-1].isoformat(),
-    )  # fmt: skip
     print(
         f"\nAirflow is up: http://127.0.0.1:{WEB_PORT} (local only, no login needed).\n"
-        f"A backfill of {days[0]}..{days[-1]} was created: open the DAG 'mparticle_quarantine_backfill' to watch it,\n"
-        f"read each task's log, and find reports under s3://{BUCKET}/{PREFIX}/_backfill/<date>/reports/.\n"
-        "Ctrl-C stops everything."
+        f"DAG 'mparticle_quarantine_backfill': a backfill of {days[0]}..{days[1]} and the daily run for {days[2]}\n"
+        f"are running. Read each task's log; reports are under s3://{BUCKET}/{PREFIX}/_backfill/<date>/reports/\n"
+        f"(local S3: http://127.0.0.1:{S3_PORT}). Ctrl-C stops everything."
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
