@@ -9,6 +9,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -51,7 +52,19 @@ def seed(days: list) -> int:
     return total
 
 
+def ports_in_use(*ports: int) -> list[int]:
+    busy = []
+    for port in ports:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                busy.append(port)
+    return busy
+
+
 def main() -> None:
+    busy = ports_in_use(S3_PORT, API_PORT, WEB_PORT, 8793)
+    if busy:
+        sys.exit(f"Port(s) {busy} on 127.0.0.1 are in use: stop what holds them (a previous `make run`?) and retry.")
     LOCAL.mkdir(exist_ok=True)
     home = LOCAL / "airflow"
     env = {
