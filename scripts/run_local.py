@@ -107,13 +107,6 @@ def main() -> None:
         check=True,
     )
     airflow("dags", "reserialize")
-    airflow("dags", "unpause", "mparticle_quarantine_backfill")  # the scheduler runs nothing of a paused DAG
-    # Created before Airflow starts: SQLite takes one writer at a time. The backfill covers the two
-    # earlier days; once unpaused, the daily schedule's own run processes yesterday.
-    airflow(
-        "backfill", "create", "--dag-id", "mparticle_quarantine_backfill",
-        "--from-date", days[0].isoformat(), "--to-date", days[1].isoformat(),
-    )  # fmt: skip
     standalone = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env)
     for _ in range(120):
         try:
@@ -122,6 +115,21 @@ def main() -> None:
         except requests.RequestException:
             pass
         time.sleep(2)
+    time.sleep(10)  # let standalone finish starting before tasks report to it
+    # Unpaused only now (the scheduler runs nothing of a paused DAG): the daily run takes yesterday,
+    # the backfill the two days before. SQLite takes one writer at a time: retry if it is busy.
+    for attempt in range(6):
+        try:
+            airflow("dags", "unpause", "mparticle_quarantine_backfill")
+            airflow(
+                "backfill", "create", "--dag-id", "mparticle_quarantine_backfill",
+                "--from-date", days[0].isoformat(), "--to-date", days[1].isoformat(),
+            )  # fmt: skip
+            break
+        except subprocess.CalledProcessError:
+            if attempt == 5:
+                raise
+            time.sleep(5)
     print(
         f"\nAirflow is up: http://127.0.0.1:{WEB_PORT} (local only, no login needed).\n"
         f"DAG 'mparticle_quarantine_backfill': a backfill of {days[0]}..{days[1]} and the daily run for {days[2]}\n"
