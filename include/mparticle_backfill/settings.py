@@ -131,17 +131,11 @@ class BackfillSettings:
 
     def to_json(self) -> dict[str, Any]:
         """The settings as plain JSON (for XCom and the report)."""
-        return {
-            name: (
-                self.raw_fixes
-                if name == "fixes"
-                else value.isoformat()
-                if isinstance(value, (date, datetime))
-                else value
-            )
-            for name in SETTINGS
-            for value in [getattr(self, name)]
-        }
+        result: dict[str, Any] = {}
+        for name in SETTINGS:
+            value = self.raw_fixes if name == "fixes" else getattr(self, name)
+            result[name] = value.isoformat() if isinstance(value, (date, datetime)) else value
+        return result
 
 
 def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> BackfillSettings:

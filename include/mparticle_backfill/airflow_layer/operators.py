@@ -14,6 +14,7 @@ from ..errors import CredentialsRefused, InvalidSettings
 from ..events_api import RequestResult
 from ..pack import payloads
 from ..pipeline import SendTracker, pack_stage
+from ..settings import StatePaths
 from .hooks import MParticleEventsHook
 from .stages import paths_of, settings_of
 from .store import S3_CONN_ID, S3Store
@@ -28,7 +29,13 @@ class LedgerWriter:
     """
 
     def __init__(
-        self, store: S3Store, bucket: str, paths: Any, chunk: int, every_seconds: float = 5.0, every_keys: int = 5000
+        self,
+        store: S3Store,
+        bucket: str,
+        paths: StatePaths,
+        chunk: int,
+        every_seconds: float = 5.0,
+        every_keys: int = 5000,
     ):
         self.store, self.bucket, self.paths, self.chunk = store, bucket, paths, chunk
         self.every_seconds, self.every_keys = every_seconds, every_keys
