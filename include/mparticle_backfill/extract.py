@@ -10,10 +10,13 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
+
+import msgspec
 
 from . import jsonio
 from .model import BadRecord, BlockMetadata, QuarantineRecord, RecordRef
+from .values import id_string
 
 GZIP_MAGIC = b"\x1f\x8b"
 VERIFICATION_PREFIX = "mParticle_Bucket_Verification_"
@@ -31,6 +34,8 @@ INVALID_BLOCK_METADATA = "invalid_block_metadata"
 INVALID_BATCH = "invalid_batch"
 CORRUPT_GZIP = "corrupt_gzip"
 
+_convert = msgspec.convert
+_decode = msgspec.json.Decoder().decode
 _LIST_FIELDS = (
     "blocked_event_ids",
     "blocked_user_attributes",
@@ -136,90 +141,131 @@ def batch_identity(batch: dict[str, Any], raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()[:32]
 
 
-def id_string(value: Any) -> str | None:
-    """A 64-bit id as an exact string, whether it came as a JSON string or integer."""
-    if type(value) is str and value and not value[0].isspace() and not value[-1].isspace():
-        return value
-    if isinstance(value, bool) or value is None:
+class _EventAttributes(msgspec.Struct):
+    event_id: str | int
+    event_attributes: tuple[str, ...]
+
+
+class _TypedBlockMetadata(msgspec.Struct):
+    """The shape of a valid ``block_metadata``; checked in C by msgspec (the common, fast case)."""
+
+    dto_version: Literal[1]  # KNOWN_DTO_VERSIONS
+    blocked_event_ids: tuple[str | int, ...] | None = None
+    blocked_event_attributes: list[_EventAttributes] | None = None
+    blocked_user_attributes: tuple[str | int, ...] | None = None
+    blocked_user_identities: tuple[str | int, ...] | None = None
+    blocked_device_identities: tuple[str | int, ...] | None = None
+
+
+def _event_ids(values: tuple[str | int, ...] | None) -> frozenset[str] | None:
+    """Event ids as exact strings, as :func:`id_string` makes them; None if one is empty."""
+    if not values:
+        return frozenset()
+    try:
+        ids = frozenset(map(str.strip, values))  # type: ignore[arg-type]
+    except TypeError:  # some ids came as JSON integers
+        ids = frozenset(map(id_string, values))  # type: ignore[arg-type]
+    return None if "" in ids or None in ids else ids
+
+
+def _names(values: tuple[str | int, ...] | None) -> tuple[str, ...]:
+    """Attribute and identity names, exactly as written (an integer name as its digits)."""
+    return tuple(map(str, values)) if values else ()
+
+
+def _fast_block_metadata(metadata: Any) -> BlockMetadata | None:
+    """``block_metadata`` when it is well formed (nearly always); None sends it to the diagnosis."""
+    try:
+        typed = _convert(metadata, _TypedBlockMetadata)
+    except msgspec.ValidationError:
         return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
+    event_ids = _event_ids(typed.blocked_event_ids)
+    if event_ids is None:
+        return None
+    attributes: dict[str, tuple[str, ...]] = {}
+    for entry in typed.blocked_event_attributes or ():
+        event_id = id_string(entry.event_id)
+        if event_id is None:
+            return None
+        attributes[event_id] = attributes.get(event_id, ()) + entry.event_attributes
+    return BlockMetadata(
+        event_ids,
+        attributes,
+        _names(typed.blocked_user_attributes),
+        _names(typed.blocked_user_identities),
+        _names(typed.blocked_device_identities),
+    )
 
 
 def _block_metadata(batch: dict[str, Any]) -> tuple[BlockMetadata | None, str, str]:
+    """The record's block metadata, or why it has none usable (reason and detail)."""
     context = batch.get("context")
     data_plan = context.get("data_plan") if isinstance(context, dict) else None
     metadata = data_plan.get("block_metadata") if isinstance(data_plan, dict) else None
     if not isinstance(metadata, dict):
         return None, NO_BLOCK_METADATA, "no context.data_plan.block_metadata object"
+    block = _fast_block_metadata(metadata)
+    if block is not None:
+        return block, "", ""
+    return None, *_diagnose_block_metadata(metadata)
+
+
+def _diagnose_block_metadata(metadata: dict[str, Any]) -> tuple[str, str]:
+    """Why ``metadata`` is not usable block metadata (the fast check refused it): reason, detail."""
     version = metadata.get("dto_version")
     if isinstance(version, bool) or not isinstance(version, int) or version not in KNOWN_DTO_VERSIONS:
-        return None, UNKNOWN_DTO_VERSION, f"dto_version {version!r} is not one of {sorted(KNOWN_DTO_VERSIONS)}"
-    lists: dict[str, tuple[str, ...]] = {}
+        return UNKNOWN_DTO_VERSION, f"dto_version {version!r} is not one of {sorted(KNOWN_DTO_VERSIONS)}"
     for name in _LIST_FIELDS:
-        value = metadata.get(name) or []
-        if not isinstance(value, list):
-            return None, INVALID_BLOCK_METADATA, f"{name} is not a list"
-        items = [item if type(item) is str and item else id_string(item) for item in value]
-        if None in items:
-            return None, INVALID_BLOCK_METADATA, f"{name} holds a value that is not a string or integer"
-        lists[name] = tuple(items)  # type: ignore[arg-type]
-    attributes: dict[str, tuple[str, ...]] = {}
-    entries = metadata.get("blocked_event_attributes") or []
-    if not isinstance(entries, list):
-        return None, INVALID_BLOCK_METADATA, "blocked_event_attributes is not a list"
-    for entry in entries:
+        value = metadata.get(name)
+        if value is not None and not isinstance(value, list):
+            return INVALID_BLOCK_METADATA, f"{name} is not a list"
+        if any(isinstance(item, bool) or not isinstance(item, (str, int)) for item in value or ()):
+            return INVALID_BLOCK_METADATA, f"{name} holds a value that is not a string or integer"
+    if any(id_string(item) is None for item in metadata.get("blocked_event_ids") or ()):
+        return INVALID_BLOCK_METADATA, "blocked_event_ids holds an empty id"
+    entries = metadata.get("blocked_event_attributes")
+    if entries is not None and not isinstance(entries, list):
+        return INVALID_BLOCK_METADATA, "blocked_event_attributes is not a list"
+    for index, entry in enumerate(entries or ()):
         event_id = id_string(entry.get("event_id")) if isinstance(entry, dict) else None
         paths = entry.get("event_attributes") if isinstance(entry, dict) else None
         if event_id is None or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            return None, INVALID_BLOCK_METADATA, "blocked_event_attributes entry without event_id or paths"
-        attributes[event_id] = attributes.get(event_id, ()) + tuple(paths)
-    return (
-        BlockMetadata(
-            blocked_event_ids=frozenset(lists["blocked_event_ids"]),
-            blocked_event_attributes=attributes,
-            blocked_user_attributes=lists["blocked_user_attributes"],
-            blocked_user_identities=lists["blocked_user_identities"],
-            blocked_device_identities=lists["blocked_device_identities"],
-        ),
-        "",
-        "",
-    )
+            return INVALID_BLOCK_METADATA, f"blocked_event_attributes[{index}] without an event_id or a list of paths"
+    return INVALID_BLOCK_METADATA, "block_metadata does not have the documented shape"
 
 
 def parse_document(ref: RecordRef, document: Any, raw: bytes) -> QuarantineRecord | BadRecord:
     """Check one decoded JSON document and make it a record, or say why it is not one."""
-
-    def bad(reason: str, detail: str) -> BadRecord:
-        return BadRecord(ref, reason, detail, raw.decode("utf-8", errors="replace"))
-
-    if not isinstance(document, dict):
-        return bad(NOT_AN_OBJECT, f"a JSON {type(document).__name__}, not an object")
+    if type(document) is not dict:
+        return _bad(ref, raw, NOT_AN_OBJECT, f"a JSON {type(document).__name__}, not an object")
     events = document.get("events")
-    if events is not None and not (isinstance(events, list) and all(isinstance(e, dict) for e in events)):
-        return bad(INVALID_BATCH, "events is not a list of objects")
+    if events is not None and not (type(events) is list and all(type(e) is dict for e in events)):
+        return _bad(ref, raw, INVALID_BATCH, "events is not a list of objects")
     block, reason, detail = _block_metadata(document)
     if block is None:
-        return bad(reason, detail)
+        return _bad(ref, raw, reason, detail)
     return QuarantineRecord(ref, document, block, batch_identity(document, raw))
 
 
-def parse_line(object_key: str, line_number: int, raw: bytes) -> Iterator[QuarantineRecord | BadRecord]:
-    """Parse one NDJSON line; a line of several concatenated documents yields one record per part."""
+def _bad(ref: RecordRef, raw: bytes, reason: str, detail: str) -> BadRecord:
+    return BadRecord(ref, reason, detail, raw.decode("utf-8", errors="replace"))
+
+
+def parse_line(object_key: str, line_number: int, raw: bytes) -> list[QuarantineRecord | BadRecord]:
+    """Parse one NDJSON line; a line of several concatenated documents gives one record per part."""
+    try:
+        return [parse_document(RecordRef(object_key, line_number), _decode(raw), raw)]
+    except jsonio.DecodeError:
+        pass  # several documents on one line (Firehose), or not JSON: the slow path tells which
     try:
         documents = list(jsonio.iter_documents(raw))
     except jsonio.DecodeError as error:
         detail = str(error).replace("JSON is malformed: ", "")
-        yield BadRecord(RecordRef(object_key, line_number), INVALID_JSON, detail, raw.decode("utf-8", "replace"))
-        return
-    if len(documents) == 1:
-        yield parse_document(RecordRef(object_key, line_number), documents[0], raw)
-        return
-    for part, document in enumerate(documents, start=1):
-        yield parse_document(RecordRef(object_key, line_number, part), document, jsonio.dumps(document))
+        return [_bad(RecordRef(object_key, line_number), raw, INVALID_JSON, detail)]
+    return [
+        parse_document(RecordRef(object_key, line_number, part), document, jsonio.dumps(document))
+        for part, document in enumerate(documents, start=1)
+    ]
 
 
 def iter_records(object_key: str, stream: Any) -> Iterator[QuarantineRecord | BadRecord]:

@@ -5,30 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from .errors import InvalidSettings
 from .model import TOO_OLD, Replay
+from .values import exact_int
 
 MIN_AGE_DAYS = 1
 MAX_AGE_DAYS = 30
 DEFAULT_MAX_AGE_DAYS = 14
-
-
-def timestamp_ms(value: Any) -> int | None:
-    """A Unix time in milliseconds as an exact int, from an int or a decimal string; else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,27 +51,32 @@ class AgeWindow:
 
 
 def filter_by_age(replay: Replay, cutoff_ms: int, counts: Counter[str]) -> Replay:
-    """Drop the parts of ``replay`` older than ``cutoff_ms``; normalise kept timestamps to ints."""
-    batch_ts = timestamp_ms(replay.batch.get("timestamp_unixtime_ms"))
+    """Drop the parts of ``replay`` older than ``cutoff_ms``.
+
+    Events come from :func:`.select.select` with their timestamps as ints; an event without one takes
+    the batch's, written into the event so it is sent with it.
+    """
+    batch_ts = exact_int(replay.batch.get("timestamp_unixtime_ms"))
     kept = []
     newest: int | None = None
     for selected in replay.events:
-        data = selected.event.get("data") or {}
-        ts = timestamp_ms(data.get("timestamp_unixtime_ms"))
-        if ts is None:
+        data = selected.event.get("data")
+        ts = data.get("timestamp_unixtime_ms") if type(data) is dict else None
+        if type(ts) is not int:
             counts["events_without_timestamp"] += 1
             if batch_ts is None:
                 counts["events_too_old"] += 1
                 replay.trail.append((TOO_OLD, "no_timestamp"))
                 continue
             ts = batch_ts
+            if type(data) is dict:
+                selected.event = {**selected.event, "data": {**data, "timestamp_unixtime_ms": ts}}
         if ts < cutoff_ms:
             counts["events_too_old"] += 1
             replay.trail.append((TOO_OLD, "older_than_window"))
             continue
-        if data.get("timestamp_unixtime_ms") != ts:
-            selected.event = {**selected.event, "data": {**data, "timestamp_unixtime_ms": ts}}
-        newest = ts if newest is None else max(newest, ts)
+        if newest is None or ts > newest:
+            newest = ts
         kept.append(selected)
     replay.events = kept
 

@@ -33,6 +33,7 @@ from typing import Any
 from .errors import FixFailed, FixRuleError
 from .limits import CUSTOM_EVENT_TYPES, MAX_NAME_LENGTH
 from .model import SelectedEvent
+from .values import api_event
 
 CAST_TYPES = ("string", "integer", "number", "boolean")
 OPERATORS = ("equals", "in", "matches", "exists")
@@ -313,7 +314,10 @@ def apply_fixes(
                         counts[f"fix_failed:{rule.name}"] += 1
                         on_failure(selected, FixFailed(rule.name, str(error).split(": ", 1)[-1]))
                         continue
-                    selected = SelectedEvent(fixed, selected.event_id, selected.kind, selected.restored_attributes)
+                    # A step may have written a 64-bit field as a decimal string: send it as an int.
+                    selected = SelectedEvent(
+                        api_event(fixed), selected.event_id, selected.kind, selected.restored_attributes
+                    )
                     counts[f"fix:{rule.name}"] += 1
                 kept.append(selected)
             events = kept

@@ -1,4 +1,4 @@
-"""Exact, fast JSON: 64-bit integers stay Python ints (never a float); canonical form for hashing."""
+"""Exact, fast JSON: 64-bit integers stay Python ints (never a float)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,6 @@ def loads(raw: bytes | str) -> Any:
 def dumps(value: Any) -> bytes:
     """Encode compactly (no spaces), as the Events API and our NDJSON files carry it."""
     return _encoder.encode(value)
-
-
-def canonical(value: Any) -> bytes:
-    """Encode with keys sorted, so equal content always gives equal bytes (for hashing)."""
-    return msgspec.json.encode(value, order="sorted")
 
 
 def iter_documents(raw: bytes) -> Iterator[Any]:

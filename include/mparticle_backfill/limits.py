@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .values import INTEGER_EVENT_FIELDS
+
 MAX_BATCH_BYTES = 128_000
 MAX_REQUEST_BYTES = 256_000
 MAX_BATCHES_PER_REQUEST = 100
@@ -62,7 +64,6 @@ USER_IDENTITY_TYPES = frozenset(
     }
     | {f"other_id_{n}" for n in range(2, 11)}
 )
-INTEGER_EVENT_FIELDS = ("timestamp_unixtime_ms", "event_id", "session_id", "session_start_unixtime_ms")
 # Batch fields that only mParticle sets: a replay never sends them.
 SERVER_SET_BATCH_FIELDS = ("batch_id", "timestamp_unixtime_ms", "source_info")
 
@@ -81,20 +82,24 @@ def _scalar_problem(kind: str, name: Any, value: Any) -> str | None:
 
 def event_problem(event: Any) -> str | None:
     """Why mParticle would refuse this event, or None when it is valid."""
-    if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+    data = event.get("data") if type(event) is dict else None
+    if type(data) is not dict:
         return "event is not an object with a data object"
     event_type = event.get("event_type")
-    if event_type not in REQUIRED_EVENT_FIELDS:
+    required = REQUIRED_EVENT_FIELDS.get(event_type) if type(event_type) is str else None
+    if required is None:
         return f"unknown event_type {event_type!r}"
-    data = event["data"]
-    for name in REQUIRED_EVENT_FIELDS[event_type]:
-        if data.get(name) in (None, ""):
+    for name in required:
+        value = data.get(name)
+        if value is None or value == "":
             return f"{event_type} without required data.{name}"
-    if event_type == "custom_event" and data.get("custom_event_type") not in CUSTOM_EVENT_TYPES:
-        return f"custom_event_type {data.get('custom_event_type')!r} is not one of {sorted(CUSTOM_EVENT_TYPES)}"
+    if event_type == "custom_event":
+        custom_type = data["custom_event_type"]
+        if type(custom_type) is not str or custom_type not in CUSTOM_EVENT_TYPES:
+            return f"custom_event_type {custom_type!r} is not one of {sorted(CUSTOM_EVENT_TYPES)}"
     for name in INTEGER_EVENT_FIELDS:
         value = data.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        if value is not None and type(value) is not int:
             return f"data.{name} is not an integer"
     attributes = data.get("custom_attributes")
     if attributes is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec import Struct, field
 
 # Outcomes a record can end in, best first: a record ends in the best outcome any part of it reached,
 # so a record whose events were partly replayed counts as replayed (its other parts are still
@@ -14,14 +15,14 @@ ALREADY_REPLAYED = "already_replayed"
 TOO_OLD = "too_old"
 NOTHING_TO_REPLAY = "nothing_to_replay"
 OUTCOMES: tuple[str, ...] = (REPLAYED, DEAD_LETTERED, ALREADY_REPLAYED, TOO_OLD, NOTHING_TO_REPLAY)
+_RANK = {outcome: rank for rank, outcome in enumerate(OUTCOMES)}
 
 # What a selected event is replayed for.
 BLOCKED_EVENT = "blocked_event"
 RESTORED_ATTRIBUTES = "restored_attributes"
 
 
-@dataclass(frozen=True, slots=True)
-class RecordRef:
+class RecordRef(Struct, frozen=True):
     """Where a record came from: object key, 1-based line and, for concatenated JSON, the part."""
 
     object_key: str
@@ -39,8 +40,7 @@ class RecordRef:
         return cls(value[0], int(value[1]), int(value[2]))
 
 
-@dataclass(frozen=True, slots=True)
-class BlockMetadata:
+class BlockMetadata(Struct, frozen=True):
     """``context.data_plan.block_metadata`` of a quarantine record, ids normalised to strings."""
 
     blocked_event_ids: frozenset[str]
@@ -50,8 +50,7 @@ class BlockMetadata:
     blocked_device_identities: tuple[str, ...]
 
 
-@dataclass(slots=True)
-class QuarantineRecord:
+class QuarantineRecord(Struct):
     """One line of a quarantine object: a whole original batch and what of it was blocked."""
 
     ref: RecordRef
@@ -60,8 +59,7 @@ class QuarantineRecord:
     identity: str
 
 
-@dataclass(frozen=True, slots=True)
-class BadRecord:
+class BadRecord(Struct, frozen=True):
     """A line that cannot be a quarantine record. ``raw`` is the line as read (for the dead letter)."""
 
     ref: RecordRef
@@ -70,8 +68,7 @@ class BadRecord:
     raw: str
 
 
-@dataclass(slots=True)
-class SelectedEvent:
+class SelectedEvent(Struct):
     """An event chosen for replay, with why."""
 
     event: dict[str, Any]
@@ -87,8 +84,7 @@ class SelectedEvent:
         return cls(value["event"], value["id"], value["kind"], tuple(value["restored"]))
 
 
-@dataclass(slots=True)
-class Replay:
+class Replay(Struct):
     """What one quarantine record contributes to the backfill, as it moves through the stages.
 
     ``trail`` keeps every (outcome, reason) of the parts dropped on the way, so the record's final
@@ -110,9 +106,12 @@ class Replay:
 
     def outcome(self) -> tuple[str, str]:
         """The record's outcome so far, from what its parts met (best outcome first)."""
-        if not self.trail:
+        trail = self.trail
+        if len(trail) == 1:
+            return trail[0]
+        if not trail:
             return (NOTHING_TO_REPLAY, "nothing_selected")
-        return min(self.trail, key=lambda item: OUTCOMES.index(item[0]))
+        return min(trail, key=lambda item: _RANK[item[0]])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,14 +137,13 @@ class Replay:
         )
 
 
-@dataclass(slots=True)
-class ReplayBatch:
+class ReplayBatch(Struct):
     """One batch ready for the Events API, and the replay keys it delivers."""
 
     replay_keys: tuple[str, ...]
     payload: dict[str, Any]
     size: int = 0
-    body: bytes | None = field(default=None, repr=False)  # the encoded payload, when already made
+    body: bytes | None = None  # the encoded payload, when already made
 
     def to_json(self) -> dict[str, Any]:
         return {"keys": list(self.replay_keys), "payload": self.payload, "size": self.size}
@@ -155,8 +153,7 @@ class ReplayBatch:
         return cls(tuple(value["keys"]), value["payload"], value["size"])
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(Struct, frozen=True):
     """Something that will not be replayed and needs a person: what it is, where from, and why."""
 
     ref: RecordRef

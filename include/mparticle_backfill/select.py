@@ -6,7 +6,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from .extract import id_string
 from .model import (
     BLOCKED_EVENT,
     NOTHING_TO_REPLAY,
@@ -15,6 +14,7 @@ from .model import (
     Replay,
     SelectedEvent,
 )
+from .values import api_event, id_string
 
 _MISSING = object()
 
@@ -47,30 +47,33 @@ def value_at(event: dict[str, Any], path: str) -> Any:
 def select(record: QuarantineRecord, settings: SelectionSettings, counts: Counter[str]) -> Replay:
     """Keep what of ``record`` is to be replayed; count what was seen.
 
+    Selected events are copies with their 64-bit fields as exact ints (:func:`.values.api_event`).
     A record with nothing to replay comes back empty, its trail saying why.
     """
     block = record.block
     batch = record.batch
+    blocked_ids = block.blocked_event_ids
+    restorable = block.blocked_event_attributes
     events: list[SelectedEvent] = []
     for event in batch.get("events") or ():
         data = event.get("data")
-        event_id = id_string(data.get("event_id")) if isinstance(data, dict) else None
+        event_id = id_string(data.get("event_id")) if type(data) is dict else None
         if event_id is None:
             continue
-        if event_id in block.blocked_event_ids:
+        if event_id in blocked_ids:
             counts["events_blocked"] += 1
             if settings.replay_blocked_events:
-                events.append(SelectedEvent(event, event_id, BLOCKED_EVENT))
-        elif event_id in block.blocked_event_attributes:
+                events.append(SelectedEvent(api_event(event), event_id, BLOCKED_EVENT))
+        elif event_id in restorable:
             counts["events_with_blocked_attributes"] += 1
             if not settings.replay_blocked_event_attributes:
                 continue
-            paths = block.blocked_event_attributes[event_id]
+            paths = restorable[event_id]
             present = tuple(path for path in paths if value_at(event, path) is not _MISSING)
             counts["event_attributes_missing"] += len(paths) - len(present)
             if present:
                 counts["event_attributes_restored"] += len(present)
-                events.append(SelectedEvent(event, event_id, RESTORED_ATTRIBUTES, present))
+                events.append(SelectedEvent(api_event(event), event_id, RESTORED_ATTRIBUTES, present))
 
     user_attributes: dict[str, Any] = {}
     original_attributes = batch.get("user_attributes")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,10 +10,9 @@ from typing import Any
 
 from . import jsonio, limits
 from .errors import FixFailed, InvalidSettings
-from .extract import id_string
-from .filter_by_age import timestamp_ms
 from .fixes import FixRule, apply_fixes
 from .model import DEAD_LETTERED, DeadLetter, Replay, ReplayBatch, SelectedEvent
+from .values import exact_int, id_string
 
 KEEP = "keep"
 OMIT = "omit"
@@ -32,6 +30,8 @@ FIX_FAILED = "fix_failed"
 _KEPT_FIELDS = ("mp_deviceid", "application_info", "consent_state", "integration_attributes")
 # Room kept in each batch for "source_request_id" and the keys that join the parts.
 _ENVELOPE_SLACK = 128
+# What appending the source_request_id adds to an encoded batch.
+_REQUEST_ID_BYTES = len(',"source_request_id":""') + 36
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +63,31 @@ class TransformSettings:
 
 
 def source_request_id(identity: str, payload: dict[str, Any], salt: str = "") -> str:
-    """A deterministic id from the original batch and the replayed content (a UUID string)."""
-    digest = hashlib.sha256(identity.encode() + b"\0" + salt.encode() + b"\0" + jsonio.canonical(payload))
-    return str(uuid.UUID(bytes=digest.digest()[:16], version=5))
+    """A deterministic id from the original batch and the replayed content (a UUID string).
+
+    It hashes the batch exactly as it is encoded for sending (:func:`.jsonio.dumps`, which keeps the
+    order in which the transform builds it), without its own ``source_request_id``: the same record
+    replayed again gives the same id, so mParticle drops the repeat.
+    """
+    content = {k: v for k, v in payload.items() if k != "source_request_id"}
+    return _request_id(identity, salt, jsonio.dumps(content))
+
+
+def _request_id(identity: str, salt: str, encoded: bytes) -> str:
+    """The UUID (version 5 layout) of the sha256 of identity, salt and the encoded batch."""
+    hasher = hashlib.sha256(identity.encode())
+    hasher.update(b"\0" + salt.encode() + b"\0")
+    hasher.update(encoded)
+    digest = bytearray(hasher.digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _with_request_id(encoded: bytes, request_id: str) -> bytes:
+    """The encoded batch with its ``source_request_id`` added (``encoded`` is a non-empty object)."""
+    return b'%s,"source_request_id":"%s"}' % (encoded[:-1], request_id.encode())
 
 
 def _block_metadata(batch: dict[str, Any]) -> dict[str, Any]:
@@ -77,10 +99,10 @@ def has_resolvable_identity(batch: dict[str, Any]) -> bool:
     mpid = id_string(batch.get("mpid"))
     if mpid is not None and mpid != "0":
         return True
-    blocked = set(_block_metadata(batch).get("blocked_user_identities") or ())
     identities = batch.get("user_identities")
-    if not isinstance(identities, dict):
+    if type(identities) is not dict:
         return False
+    blocked = set(_block_metadata(batch).get("blocked_user_identities") or ())
     return any(value not in (None, "") and name not in blocked for name, value in identities.items())
 
 
@@ -88,28 +110,29 @@ def _envelope(batch: dict[str, Any], settings: TransformSettings) -> dict[str, A
     """Everything of a replay batch except events, user attributes and source_request_id."""
     envelope: dict[str, Any] = {"environment": settings.environment or batch.get("environment")}
     identities = batch.get("user_identities")
-    block = _block_metadata(batch)
-    if isinstance(identities, dict) and identities:
+    if type(identities) is dict and identities:
         if not settings.include_blocked_identities:
-            blocked = set(block.get("blocked_user_identities") or ())
+            blocked = set(_block_metadata(batch).get("blocked_user_identities") or ())
             identities = {k: v for k, v in identities.items() if k not in blocked}
         envelope["user_identities"] = identities
     device_info = batch.get("device_info")
-    if isinstance(device_info, dict) and device_info:
+    if type(device_info) is dict and device_info:
         if not settings.include_blocked_identities:
-            blocked = set(block.get("blocked_device_identities") or ())
+            blocked = set(_block_metadata(batch).get("blocked_device_identities") or ())
             device_info = {k: v for k, v in device_info.items() if k not in blocked}
         envelope["device_info"] = device_info
-    mpid = id_string(batch.get("mpid"))
-    if mpid is not None and mpid.lstrip("-").isdigit() and mpid != "0":
-        envelope["mpid"] = int(mpid)
+    mpid = exact_int(batch.get("mpid"))
+    if mpid:
+        envelope["mpid"] = mpid
     for name in _KEPT_FIELDS:
-        if batch.get(name) not in (None, "", {}, []):
-            envelope[name] = batch[name]
+        value = batch.get(name)
+        if value is not None and value != "" and value != {} and value != []:
+            envelope[name] = value
     if batch.get("ip"):
         envelope["ip"] = batch["ip"]
-    data_plan = (batch.get("context") or {}).get("data_plan")
-    if isinstance(data_plan, dict) and data_plan.get("plan_id"):
+    context = batch.get("context")
+    data_plan = context.get("data_plan") if type(context) is dict else None
+    if type(data_plan) is dict and data_plan.get("plan_id"):
         plan: dict[str, Any] = {"plan_id": data_plan["plan_id"]}
         if settings.plan_version == KEEP and data_plan.get("plan_version") is not None:
             plan["plan_version"] = data_plan["plan_version"]
@@ -119,23 +142,9 @@ def _envelope(batch: dict[str, Any], settings: TransformSettings) -> dict[str, A
     return envelope
 
 
-def _event_payload(event: dict[str, Any]) -> dict[str, Any]:
-    """The event as sent: 64-bit fields that came as decimal strings become exact ints."""
-    data = event.get("data")
-    if not isinstance(data, dict):
-        return event
-    changed = None
-    for name in limits.INTEGER_EVENT_FIELDS:
-        value = data.get(name)
-        if isinstance(value, str):
-            number = timestamp_ms(value)
-            if number is not None:
-                changed = changed or dict(data)
-                changed[name] = number
-    return {**event, "data": changed} if changed is not None else event
-
-
 def _chunks(attributes: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    if len(attributes) <= size:
+        return [attributes] if attributes else []
     items = list(attributes.items())
     return [dict(items[i : i + size]) for i in range(0, len(items), size)]
 
@@ -173,34 +182,19 @@ def transform(
     events, user_attributes = apply_fixes(settings.fixes, replay.events, replay.user_attributes, counts, fix_failed)
 
     envelope = _envelope(batch, settings)
-    problem = limits.batch_problem({**envelope, "events": []})
+    problem = limits.batch_problem(envelope)
     if problem:
         reject(INVALID_BATCH, problem, batch, len(events))
         replay.events, replay.user_attributes = [], {}
         return replay
-    base_size = len(jsonio.dumps(envelope)) + _ENVELOPE_SLACK
 
-    # Events: the valid ones. Their encoded sizes are needed only when they may not fit in one batch.
-    valid: list[tuple[SelectedEvent, dict[str, Any]]] = []
+    valid: list[SelectedEvent] = []
     for selected in events:
-        payload = _event_payload(selected.event)
-        problem = limits.event_problem(payload)
+        problem = limits.event_problem(selected.event)
         if problem:
             reject(INVALID_EVENT, problem, selected.event, 1)
         else:
-            valid.append((selected, payload))
-    all_events_size = len(jsonio.dumps([payload for _, payload in valid])) if valid else 0
-    fits_in_one = base_size + all_events_size <= limits.MAX_BATCH_BYTES
-    sized_events: list[tuple[str, dict[str, Any], int]] = []
-    for selected, payload in valid:
-        size = 0 if fits_in_one else len(jsonio.dumps(payload)) + 1
-        if base_size + size > limits.MAX_BATCH_BYTES:
-            reject(EVENT_TOO_LARGE, f"{size} bytes: no batch of this user can hold it", selected.event, 1)
-            continue
-        sized_events.append((f"{replay.identity}:{selected.event_id}", payload, size))
-    if fits_in_one:  # one batch: its size is the whole list's
-        sized_events = [(key, payload, 0) for key, payload, _ in sized_events]
-
+            valid.append(selected)
     attribute_chunks: list[dict[str, Any]] = []
     for chunk in _chunks(user_attributes, limits.MAX_USER_ATTRIBUTES):
         problem = limits.user_attributes_problem(chunk)
@@ -208,19 +202,73 @@ def transform(
             reject(INVALID_USER_ATTRIBUTES, problem, chunk, 0)
         else:
             attribute_chunks.append(chunk)
+    replay.events, replay.user_attributes = [], {}
+    if not valid and not attribute_chunks:
+        return replay
 
-    # Pack events greedily into batches under the size limit; user attributes ride in the first batch
-    # when everything fits in one, else in batches of their own.
+    # Nearly always everything fits in one batch: encode it once, and that encoding is what is sent.
+    if len(attribute_chunks) <= 1:
+        keys = [f"{replay.identity}:{selected.event_id}" for selected in valid]
+        payload = {**envelope, "events": [selected.event for selected in valid]}
+        if attribute_chunks:
+            keys.append(f"{replay.identity}:user_attributes")
+            payload["user_attributes"] = attribute_chunks[0]
+        encoded = jsonio.dumps(payload)
+        if len(encoded) + _REQUEST_ID_BYTES <= limits.MAX_BATCH_BYTES:
+            _add_batch(replay, keys, payload, encoded, settings.request_id_salt)
+            counts["batches_built"] += 1
+            return replay
+
+    built = _split(replay, envelope, valid, attribute_chunks, reject)
+    for keys, payload in built:
+        _add_batch(replay, keys, payload, jsonio.dumps(payload), settings.request_id_salt)
+    if len(built) > 1:
+        counts["records_split"] += 1
+    counts["batches_built"] += len(built)
+    return replay
+
+
+def _add_batch(replay: Replay, keys: list[str], payload: dict[str, Any], encoded: bytes, salt: str) -> None:
+    """Give the batch its ``source_request_id`` and add it, encoded, to ``replay.batches``."""
+    request_id = _request_id(replay.identity, salt, encoded)
+    payload["source_request_id"] = request_id
+    body = _with_request_id(encoded, request_id)
+    replay.batches.append(ReplayBatch(tuple(keys), payload, len(body), body))
+
+
+def _split(
+    replay: Replay,
+    envelope: dict[str, Any],
+    valid: list[SelectedEvent],
+    attribute_chunks: list[dict[str, Any]],
+    reject: Callable[[str, str, Any, int], None],
+) -> list[tuple[list[str], dict[str, Any]]]:
+    """Batches of one user, each under the size limit, for a record too large for one batch.
+
+    Events are packed greedily in order; user attributes ride in the first batch when everything else
+    fits in one, else in batches of their own. An event larger than any batch is dead-lettered.
+    """
+    base_size = len(jsonio.dumps(envelope)) + _ENVELOPE_SLACK
+    all_events_size = len(jsonio.dumps([selected.event for selected in valid])) if valid else 0
+    fits_in_one = base_size + all_events_size <= limits.MAX_BATCH_BYTES
+    sized_events: list[tuple[str, dict[str, Any], int]] = []
+    for selected in valid:
+        size = 0 if fits_in_one else len(jsonio.dumps(selected.event)) + 1
+        if base_size + size > limits.MAX_BATCH_BYTES:
+            reject(EVENT_TOO_LARGE, f"{size} bytes: no batch of this user can hold it", selected.event, 1)
+            continue
+        sized_events.append((f"{replay.identity}:{selected.event_id}", selected.event, size))
+
     groups: list[tuple[list[str], list[dict[str, Any]], int]] = []
     current_keys: list[str] = []
     current_events: list[dict[str, Any]] = []
     current_size = base_size
-    for key, payload, size in sized_events:
+    for key, event, size in sized_events:
         if current_events and current_size + size > limits.MAX_BATCH_BYTES:
             groups.append((current_keys, current_events, current_size))
             current_keys, current_events, current_size = [], [], base_size
         current_keys.append(key)
-        current_events.append(payload)
+        current_events.append(event)
         current_size += size
     if current_events:
         groups.append((current_keys, current_events, base_size + all_events_size if fits_in_one else current_size))
@@ -238,13 +286,4 @@ def transform(
             built.append(([key], {**envelope, "events": [], "user_attributes": chunk}))
         else:
             reject(INVALID_USER_ATTRIBUTES, f"{chunk_size} bytes of user attributes: too large", chunk, 0)
-
-    for keys, payload in built:
-        payload["source_request_id"] = source_request_id(replay.identity, payload, settings.request_id_salt)
-        body = jsonio.dumps(payload)
-        replay.batches.append(ReplayBatch(tuple(keys), payload, len(body), body))
-    if len(built) > 1:
-        counts["records_split"] += 1
-    counts["batches_built"] += len(built)
-    replay.events, replay.user_attributes = [], {}
-    return replay
+    return built

@@ -7,6 +7,7 @@ from datetime import date
 
 import pytest
 
+from include.mparticle_backfill import jsonio
 from include.mparticle_backfill.extract import (
     CORRUPT_GZIP,
     INVALID_BLOCK_METADATA,
@@ -159,3 +160,47 @@ def test_partition_membership(layout, key, belongs):
 def test_listing_prefix():
     assert PartitionLayout("q/").listing_prefix(DAY) == "q/2026-11-20/"
     assert PartitionLayout("", date_folders=False).listing_prefix(DAY) == ""
+
+
+def _metadata_line(metadata: dict) -> bytes:
+    return jsonio.dumps({"mpid": "1", "context": {"data_plan": {"block_metadata": {"dto_version": 1, **metadata}}}})
+
+
+@pytest.mark.parametrize(
+    ("metadata", "detail"),
+    [
+        ({"blocked_event_ids": ""}, "blocked_event_ids is not a list"),
+        ({"blocked_event_ids": {}}, "blocked_event_ids is not a list"),
+        ({"blocked_event_ids": ["1", 2.5]}, "blocked_event_ids holds a value that is not a string or integer"),
+        ({"blocked_event_ids": ["1", "  "]}, "blocked_event_ids holds an empty id"),
+        ({"blocked_user_attributes": [None]}, "blocked_user_attributes holds a value that is not a string or integer"),
+        ({"blocked_event_attributes": {"a": 1}}, "blocked_event_attributes is not a list"),
+        ({"blocked_event_attributes": [{"event_id": "1"}]}, "blocked_event_attributes[0] without an event_id"),
+        ({"dto_version": True}, "dto_version True is not one of [1]"),
+    ],
+)
+def test_malformed_block_metadata_is_refused_with_the_field_named(metadata, detail):
+    (bad,) = iter_records(KEY, stream(_metadata_line(metadata) + b"\n"))
+    assert isinstance(bad, BadRecord), bad
+    assert bad.reason in (INVALID_BLOCK_METADATA, UNKNOWN_DTO_VERSION)
+    assert bad.detail.startswith(detail)
+
+
+def test_block_metadata_ids_normalised_and_names_kept_exactly():
+    line = _metadata_line(
+        {
+            "blocked_event_ids": [" 7 ", 8, "-9"],
+            "blocked_event_attributes": [
+                {"event_id": 10, "event_attributes": ["./data/custom_attributes/a"]},
+                {"event_id": "10", "event_attributes": ["./data/custom_attributes/b"]},
+            ],
+            "blocked_user_attributes": [" tier", "$gender"],
+            "blocked_user_identities": None,
+        }
+    )
+    (record,) = iter_records(KEY, stream(line + b"\n"))
+    assert isinstance(record, QuarantineRecord)
+    assert record.block.blocked_event_ids == {"7", "8", "-9"}
+    assert record.block.blocked_event_attributes == {"10": ("./data/custom_attributes/a", "./data/custom_attributes/b")}
+    assert record.block.blocked_user_attributes == (" tier", "$gender")  # a name is not an id: never trimmed
+    assert record.block.blocked_user_identities == ()
