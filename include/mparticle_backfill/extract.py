@@ -18,7 +18,9 @@ from . import jsonio
 from .model import BadRecord, BlockMetadata, QuarantineRecord, RecordRef
 from .values import id_string
 
-GZIP_MAGIC = b"\x1f\x8b"
+# gzip magic bytes and compression method 8 (deflate, the only one RFC 1952 defines): a plain object
+# whose first line happens to start with the two magic bytes is still read as plain lines.
+GZIP_MAGIC = b"\x1f\x8b\x08"
 VERIFICATION_PREFIX = "mParticle_Bucket_Verification_"
 KNOWN_DTO_VERSIONS = frozenset({1})
 # <AppName>_<yyyyMMddHHmmss + 6 fractional digits>_<5 digits>.txt
@@ -65,19 +67,32 @@ def upload_date_from_name(key: str) -> date | None:
         return None
 
 
+# How an output names its objects (the ``layout`` setting).
+DATE_FOLDERS = "date_folders"  # [prefix/]YYYY-MM-DD/<App>_<20 digits>_<5 digits>.txt (mParticle's S3 output)
+FLAT = "flat"  # [prefix/]<App>_<20 digits>_<5 digits>.txt: the date is read from the name
+FIREHOSE_HOURLY = "firehose_hourly"  # [prefix/]YYYY/MM/DD/HH/<any name> (Kinesis Data Firehose)
+LAYOUTS = (DATE_FOLDERS, FLAT, FIREHOSE_HOURLY)
+_HOUR_FOLDER = re.compile(r"^(?:[01]\d|2[0-3])/[^/]")
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionLayout:
     """How a quarantine output lays out its objects.
 
     :param prefix: folder inside the bucket (``""`` for the bucket root).
-    :param date_folders: whether objects sit in ``YYYY-MM-DD/`` folders; without them the partition
-        date is read from the 20-digit UTC timestamp in the object name.
+    :param layout: ``date_folders`` (``YYYY-MM-DD/`` folders, the default of mParticle's output),
+        ``flat`` (no date folders: the date is read from the 20-digit UTC timestamp in the object name)
+        or ``firehose_hourly`` (Kinesis Data Firehose's ``YYYY/MM/DD/HH/`` folders, any object name).
     :param state_prefix: where this tool keeps its own state; never listed as quarantine data.
     """
 
     prefix: str = ""
-    date_folders: bool = True
+    layout: str = DATE_FOLDERS
     state_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
 
     @property
     def folder(self) -> str:
@@ -86,8 +101,10 @@ class PartitionLayout:
 
     def listing_prefix(self, day: date) -> str:
         """The S3 prefix to list for ``day``."""
-        if self.date_folders:
+        if self.layout == DATE_FOLDERS:
             return f"{self.folder}{day.isoformat()}/"
+        if self.layout == FIREHOSE_HOURLY:
+            return f"{self.folder}{day:%Y/%m/%d}/"
         return self.folder
 
     def belongs(self, key: str, day: date) -> bool:
@@ -97,12 +114,15 @@ class PartitionLayout:
             return False
         if key.endswith("/") or is_verification_object(key):
             return False
-        if not key.startswith(self.listing_prefix(day)):
+        listing = self.listing_prefix(day)
+        if not key.startswith(listing):
             return False
-        rest = key[len(self.listing_prefix(day)) :]
-        if self.date_folders:
+        rest = key[len(listing) :]
+        if self.layout == DATE_FOLDERS:
             return bool(rest)
-        # Without date folders, only objects directly in the folder, dated by their name.
+        if self.layout == FIREHOSE_HOURLY:
+            return _HOUR_FOLDER.match(rest) is not None
+        # Flat: only objects directly in the folder, dated by their name.
         return "/" not in rest and upload_date_from_name(key) == day
 
 
@@ -128,7 +148,7 @@ def open_object(stream: Any) -> tuple[BinaryIO, bool]:
     :return: the line-readable stream, and whether it is gzip.
     """
     buffered = io.BufferedReader(_RawReader(stream), buffer_size=1 << 16)
-    if buffered.peek(2)[:2] == GZIP_MAGIC:
+    if buffered.peek(3)[:3] == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=buffered, mode="rb"), True  # type: ignore[return-value]
     return buffered, False
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import jsonio
 from .errors import InvalidSettings
-from .extract import PartitionLayout
+from .extract import DATE_FOLDERS, LAYOUTS, PartitionLayout
 from .filter_by_age import DEFAULT_MAX_AGE_DAYS, AgeWindow
 from .fixes import FixRule, compile_rules
 from .select import SelectionSettings
@@ -22,7 +22,11 @@ _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 SETTINGS: dict[str, tuple[Any, str]] = {
     "bucket": (None, "S3 bucket of the mParticle Quarantine output (required)."),
     "prefix": ("", "Folder inside the bucket where the output writes (empty for the bucket root)."),
-    "date_folders": (True, "Objects sit in YYYY-MM-DD/ folders; if false the date is read from the file name."),
+    "layout": (
+        DATE_FOLDERS,
+        "How objects are laid out: 'date_folders' (YYYY-MM-DD/ folders), 'flat' (the date is read from "
+        "the file name) or 'firehose_hourly' (Kinesis Data Firehose YYYY/MM/DD/HH/ folders).",
+    ),
     "state_bucket": (None, "Bucket for ledger, dead letters, reports and payloads (default: bucket)."),
     "state_prefix": (None, "Folder for that state (default: <prefix>/_backfill)."),
     "max_age_days": (DEFAULT_MAX_AGE_DAYS, "Replay only events younger than this many days (1 to 30)."),
@@ -50,6 +54,14 @@ def _bool(name: str, value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     raise InvalidSettings(name, f"must be true or false, got {value!r}")
+
+
+def _layout(value: Any) -> str:
+    if value is None or value == "":
+        return DATE_FOLDERS
+    if value not in LAYOUTS:
+        raise InvalidSettings("layout", f"must be one of {list(LAYOUTS)}, got {value!r}")
+    return value
 
 
 def _int(name: str, value: Any) -> int:
@@ -92,7 +104,7 @@ class BackfillSettings:
 
     bucket: str
     prefix: str = ""
-    date_folders: bool = True
+    layout: str = DATE_FOLDERS
     state_bucket: str = ""
     state_prefix: str = ""
     max_age_days: int = DEFAULT_MAX_AGE_DAYS
@@ -111,9 +123,9 @@ class BackfillSettings:
     files_per_chunk: int = 25
 
     @property
-    def layout(self) -> PartitionLayout:
+    def partition_layout(self) -> PartitionLayout:
         state = self.state_prefix if self.state_bucket == self.bucket else ""
-        return PartitionLayout(self.prefix, self.date_folders, state)
+        return PartitionLayout(self.prefix, self.layout, state)
 
     @property
     def selection(self) -> SelectionSettings:
@@ -181,7 +193,7 @@ def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
     settings = BackfillSettings(
         bucket=bucket,
         prefix=prefix,
-        date_folders=_bool("date_folders", merged.get("date_folders", True)),
+        layout=_layout(merged.get("layout")),
         state_bucket=state_bucket,
         state_prefix=state_prefix,
         max_age_days=_int("max_age_days", merged.get("max_age_days", DEFAULT_MAX_AGE_DAYS)),

@@ -18,12 +18,16 @@ _EVENT_NAMES = ("search flights", "view hotel", "add to trip", "checkout", "sign
 _SCREENS = ("Home", "Search", "Hotel", "Checkout")
 
 
-def object_key(prefix: str, day: date, sequence: int, *, date_folders: bool = True, second: int = 0) -> str:
-    """A key as the mParticle S3 output names it: ``[prefix/][YYYY-MM-DD/]App_<20 digits>_<5 digits>.txt``."""
+def object_key(prefix: str, day: date, sequence: int, *, layout: str = "date_folders", second: int = 0) -> str:
+    """A key as the output names it: ``[prefix/][YYYY-MM-DD/]App_<20 digits>_<5 digits>.txt`` for
+    mParticle's S3 output (``date_folders`` or ``flat``), ``[prefix/]YYYY/MM/DD/12/<stream>-...`` for
+    Kinesis Data Firehose (``firehose_hourly``)."""
     stamp = datetime(day.year, day.month, day.day, 12, second // 60 % 60, second % 60, tzinfo=timezone.utc)
     name = f"{APP_NAME}_{stamp.strftime('%Y%m%d%H%M%S')}{sequence % 1_000_000:06d}_{sequence % 100_000:05d}.txt"
     folder = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-    return f"{folder}{day.isoformat()}/{name}" if date_folders else f"{folder}{name}"
+    if layout == "firehose_hourly":
+        return f"{folder}{stamp:%Y/%m/%d/%H}/mparticle-quarantine-1-{stamp:%Y-%m-%d-%H-%M-%S}-{sequence:08d}"
+    return f"{folder}{day.isoformat()}/{name}" if layout == "date_folders" else f"{folder}{name}"
 
 
 def _event(rng: random.Random, event_id: int, timestamp_ms: int, attributes: int) -> dict[str, Any]:

@@ -174,3 +174,37 @@ def test_plan_partition_names_the_bad_setting():
             run_after=None,
             store=None,
         )
+
+
+def test_firehose_hourly_layout_then_force_resends(airflow_db, s3, connections):
+    """Kinesis Data Firehose output: YYYY/MM/DD/HH/ folders, records concatenated without newlines.
+
+    Then ``force`` resends what the ledger holds, with new source_request_ids so mParticle keeps them.
+    """
+    emulator = connections
+    concatenated = b"".join(json.dumps(record(n)).encode() for n in (3001, 3002, 3003))
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/2026/11/20/07/qstream-1-2026-11-20-07-10-00-a1", Body=concatenated)
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=f"{PREFIX}/2026/11/20/23/qstream-1-2026-11-20-23-59-00-b2.gz",
+        Body=gzip.compress(lines(record(3004))),
+    )
+    s3.put_object(  # the next day's first hour: not this partition
+        Bucket=BUCKET, Key=f"{PREFIX}/2026/11/21/00/qstream-1-2026-11-21-00-00-01-c3", Body=lines(record(3005))
+    )
+    run = run_dag({"layout": "firehose_hourly"})
+    assert run.state == "success"
+    first = list(emulator.state.batches)
+    assert sorted(e["data"]["event_id"] for b in first for e in b["events"]) == [
+        30010, 30011, 30020, 30021, 30030, 30031, 30040, 30041,
+    ]  # fmt: skip
+    assert report(s3, run)["totals"]["replayed"] == 4
+
+    forced = run_dag({"layout": "firehose_hourly", "force": True})
+    assert forced.state == "success"
+    assert len(emulator.state.batches) == 2 * len(first)
+    assert emulator.state.stats["duplicates_dropped"] == 0  # new ids: mParticle keeps the resend
+    first_ids = {b["source_request_id"] for b in first}
+    resent_ids = {b["source_request_id"] for b in emulator.state.batches[len(first) :]}
+    assert first_ids.isdisjoint(resent_ids)
+    assert report(s3, forced)["totals"]["replayed"] == 4

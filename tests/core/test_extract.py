@@ -133,23 +133,39 @@ DAY = date(2026, 11, 20)
             PartitionLayout("q"), "q/2026-11-20/mParticle_Bucket_Verification_20261120-101010.txt", False, id="verify"
         ),
         pytest.param(PartitionLayout(""), "2026-11-20/App_20261120101010000000_00001.txt", True, id="bucket-root"),
+        pytest.param(PartitionLayout("q", layout="flat"), "q/App_20261120235959999999_00001.txt", True, id="by-name"),
         pytest.param(
-            PartitionLayout("q", date_folders=False), "q/App_20261120235959999999_00001.txt", True, id="by-name"
+            PartitionLayout("q", layout="flat"), "q/App_20261121000000000000_00001.txt", False, id="by-name-next"
         ),
         pytest.param(
-            PartitionLayout("q", date_folders=False), "q/App_20261121000000000000_00001.txt", False, id="by-name-next"
-        ),
-        pytest.param(
-            PartitionLayout("q", date_folders=False, state_prefix="q/_backfill"),
+            PartitionLayout("q", layout="flat", state_prefix="q/_backfill"),
             "q/_backfill/App_20261120101010000000_00001.txt",
             False,
             id="state-never-listed",
         ),
         pytest.param(
-            PartitionLayout("", date_folders=False, state_prefix="_backfill"),
+            PartitionLayout("", layout="flat", state_prefix="_backfill"),
             "_backfill/2026-11-20/ledger/part.txt",
             False,
             id="state-at-root",
+        ),
+        pytest.param(
+            PartitionLayout("fh", layout="firehose_hourly"),
+            "fh/2026/11/20/23/quarantine-stream-1-2026-11-20-23-59-59-0c9f.gz",
+            True,
+            id="firehose-hour",
+        ),
+        pytest.param(
+            PartitionLayout("fh", layout="firehose_hourly"),
+            "fh/2026/11/21/00/quarantine-stream-1-2026-11-21-00-00-01-0c9f",
+            False,
+            id="firehose-next-day",
+        ),
+        pytest.param(
+            PartitionLayout("fh", layout="firehose_hourly"), "fh/2026/11/20/24/x", False, id="firehose-no-hour-24"
+        ),
+        pytest.param(
+            PartitionLayout("fh", layout="firehose_hourly"), "fh/2026/11/20/notes.txt", False, id="firehose-no-hour"
         ),
     ],
 )
@@ -159,7 +175,10 @@ def test_partition_membership(layout, key, belongs):
 
 def test_listing_prefix():
     assert PartitionLayout("q/").listing_prefix(DAY) == "q/2026-11-20/"
-    assert PartitionLayout("", date_folders=False).listing_prefix(DAY) == ""
+    assert PartitionLayout("", layout="flat").listing_prefix(DAY) == ""
+    assert PartitionLayout("fh", layout="firehose_hourly").listing_prefix(DAY) == "fh/2026/11/20/"
+    with pytest.raises(ValueError, match="layout must be one of"):
+        PartitionLayout("q", layout="hourly")
 
 
 def _metadata_line(metadata: dict) -> bytes:
@@ -204,3 +223,10 @@ def test_block_metadata_ids_normalised_and_names_kept_exactly():
     assert record.block.blocked_event_attributes == {"10": ("./data/custom_attributes/a", "./data/custom_attributes/b")}
     assert record.block.blocked_user_attributes == (" tier", "$gender")  # a name is not an id: never trimmed
     assert record.block.blocked_user_identities == ()
+
+
+def test_plain_object_starting_with_the_gzip_magic_bytes_is_read_as_lines(real_record):
+    """Found by the property test: two junk bytes must not make a plain object unreadable."""
+    records = list(iter_records(KEY, stream(b"\x1f\x8b\n" + ndjson(real_record))))
+    assert [type(r).__name__ for r in records] == ["BadRecord", "QuarantineRecord"]
+    assert records[0].reason == INVALID_JSON and records[1].ref.line == 2

@@ -17,7 +17,7 @@ def test_defaults_and_derived_state_location():
     assert settings.prefix == "mparticle/quarantine"
     assert settings.state_bucket == "acme-quarantine"
     assert settings.state_prefix == "mparticle/quarantine/_backfill"
-    assert settings.layout.state_prefix == "mparticle/quarantine/_backfill"
+    assert settings.partition_layout.state_prefix == "mparticle/quarantine/_backfill"
     assert settings.max_age_days == 14 and settings.replay_blocked_events and not settings.dry_run
 
 
@@ -51,6 +51,8 @@ def test_run_overrides_win_and_none_means_unset():
         pytest.param({"max_age_day": 3}, "max_age_day", id="typo"),
         pytest.param({"fixes": "[not json"}, "fixes", id="fixes-json"),
         pytest.param({"files_per_chunk": 0}, "files_per_chunk", id="chunk"),
+        pytest.param({"layout": "hourly"}, "layout", id="layout"),
+        pytest.param({"date_folders": False}, "date_folders", id="replaced-by-layout"),
     ],
 )
 def test_invalid_settings_name_the_setting(override, setting):

@@ -6,12 +6,13 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from ..extract import LAYOUTS
 from ..settings import SETTINGS
 
 _TYPES: dict[str, dict[str, Any]] = {
     "bucket": {"type": ["null", "string"]},
     "prefix": {"type": ["null", "string"]},
-    "date_folders": {"type": ["null", "boolean"]},
+    "layout": {"type": ["null", "string"], "enum": [None, *LAYOUTS]},
     "state_bucket": {"type": ["null", "string"]},
     "state_prefix": {"type": ["null", "string"]},
     "max_age_days": {"type": ["null", "integer"], "minimum": 1, "maximum": 30},

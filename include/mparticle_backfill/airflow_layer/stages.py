@@ -56,7 +56,7 @@ def plan_partition(
     day = resolve_partition_date(settings.partition_date, data_interval_start, run_after)
     reference = settings.reference_time or run_after
     window = settings.age_window(reference)
-    keys, skipped = store.list_partition(settings.bucket, settings.layout, day)
+    keys, skipped = store.list_partition(settings.bucket, settings.partition_layout, day)
     per_chunk = max(settings.files_per_chunk, math.ceil(len(keys) / MAX_MAP_LENGTH))
     groups = [keys[i : i + per_chunk] for i in range(0, len(keys), per_chunk)] or [[]]
     base = settings.to_json()
@@ -65,7 +65,7 @@ def plan_partition(
     log.info(
         "Partition %s of s3://%s/%s: %d objects in %d chunks (%d verification objects skipped); "
         "replay window %d days before %s; dry_run=%s force=%s",
-        day, settings.bucket, settings.layout.listing_prefix(day), len(keys), len(groups), skipped,
+        day, settings.bucket, settings.partition_layout.listing_prefix(day), len(keys), len(groups), skipped,
         settings.max_age_days, window.end.isoformat(), settings.dry_run, settings.force,
     )  # fmt: skip
     summary = Summary()
