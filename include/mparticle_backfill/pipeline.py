@@ -38,31 +38,48 @@ def extract_stage(
                 yield replay
 
 
-def _advance(replays: Iterable[Replay], step: Callable[[Replay], object], summary: Summary) -> Iterator[Replay]:
-    """Apply one stage's step to each record; a record with nothing left ends here and is counted."""
+Step = Callable[[Replay], object]
+
+
+def _advance(replays: Iterable[Replay], steps: tuple[Step, ...], summary: Summary) -> Iterator[Replay]:
+    """Apply stage steps to each record in turn; a record with nothing left ends there and is counted."""
     for replay in replays:
-        step(replay)
-        if replay.empty:
-            summary.finish(replay)
+        for step in steps:
+            step(replay)
+            if replay.empty:
+                summary.finish(replay)
+                break
         else:
             yield replay
 
 
+def _age_step(cutoff_ms: int, summary: Summary) -> Step:
+    return lambda replay: filter_by_age(replay, cutoff_ms, summary.counts)
+
+
+def _transform_step(settings: TransformSettings, summary: Summary, dead_letter: DeadLetterSink) -> Step:
+    return lambda replay: transform(replay, settings, summary.counts, dead_letter)
+
+
+def _dedupe_step(check: DedupeCheck, summary: Summary) -> Step:
+    return lambda replay: check.check(replay, summary.counts)
+
+
 def filter_by_age_stage(replays: Iterable[Replay], cutoff_ms: int, summary: Summary) -> Iterator[Replay]:
     """Drop what is older than the window; records with nothing left end here."""
-    return _advance(replays, lambda replay: filter_by_age(replay, cutoff_ms, summary.counts), summary)
+    return _advance(replays, (_age_step(cutoff_ms, summary),), summary)
 
 
 def transform_stage(
     replays: Iterable[Replay], settings: TransformSettings, summary: Summary, dead_letter: DeadLetterSink
 ) -> Iterator[Replay]:
     """Build replay batches; records with no valid batch end here."""
-    return _advance(replays, lambda replay: transform(replay, settings, summary.counts, dead_letter), summary)
+    return _advance(replays, (_transform_step(settings, summary, dead_letter),), summary)
 
 
 def dedupe_stage(replays: Iterable[Replay], check: DedupeCheck, summary: Summary) -> Iterator[Replay]:
     """Drop what was replayed before; records with nothing left end here."""
-    return _advance(replays, lambda replay: check.check(replay, summary.counts), summary)
+    return _advance(replays, (_dedupe_step(check, summary),), summary)
 
 
 class SendTracker:
@@ -128,10 +145,14 @@ def run_local(
     Used by the benchmark and the local dry run; records count as replayed with reason ``dry_run``.
     """
     summary = Summary()
-    replays = extract_stage(objects, selection, summary, dead_letter)
-    replays = filter_by_age_stage(replays, cutoff_ms, summary)
-    replays = transform_stage(replays, transform_settings, summary, dead_letter)
-    replays = dedupe_stage(replays, dedupe, summary)
+    # Each record goes through every stage before the next is read: the stages of the Airflow tasks,
+    # chained without a generator per stage.
+    steps = (
+        _age_step(cutoff_ms, summary),
+        _transform_step(transform_settings, summary, dead_letter),
+        _dedupe_step(dedupe, summary),
+    )
+    replays = _advance(extract_stage(objects, selection, summary, dead_letter), steps, summary)
     tracker = SendTracker(summary, dead_letter)
     for request in pack_stage(replays, tracker):
         summary.counts["requests_packed"] += 1

@@ -55,17 +55,18 @@ def select(record: QuarantineRecord, settings: SelectionSettings, counts: Counte
     blocked_ids = block.blocked_event_ids
     restorable = block.blocked_event_attributes
     events: list[SelectedEvent] = []
+    blocked = with_blocked_attributes = 0
     for event in batch.get("events") or ():
         data = event.get("data")
         event_id = id_string(data.get("event_id")) if type(data) is dict else None
         if event_id is None:
             continue
         if event_id in blocked_ids:
-            counts["events_blocked"] += 1
+            blocked += 1
             if settings.replay_blocked_events:
                 events.append(SelectedEvent(api_event(event), event_id, BLOCKED_EVENT))
         elif event_id in restorable:
-            counts["events_with_blocked_attributes"] += 1
+            with_blocked_attributes += 1
             if not settings.replay_blocked_event_attributes:
                 continue
             paths = restorable[event_id]
@@ -74,6 +75,10 @@ def select(record: QuarantineRecord, settings: SelectionSettings, counts: Counte
             if present:
                 counts["event_attributes_restored"] += len(present)
                 events.append(SelectedEvent(api_event(event), event_id, RESTORED_ATTRIBUTES, present))
+    if blocked:
+        counts["events_blocked"] += blocked
+    if with_blocked_attributes:
+        counts["events_with_blocked_attributes"] += with_blocked_attributes
 
     user_attributes: dict[str, Any] = {}
     original_attributes = batch.get("user_attributes")
