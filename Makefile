@@ -33,7 +33,7 @@ run: venv
 	$(PY) scripts/run_local.py
 
 bench: venv
-	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_pipeline.py --floor
 	$(PY) bench/bench_send.py
 
 clean:
