@@ -15,6 +15,11 @@ identities, without `batch_id`, within the replay window (14 days by default), n
 | `dedupe_check` | drops what the ledger says was accepted before, and batches seen twice |
 | `send` | sends through `MParticleSendOperator` (pool `mparticle_events_api`), writes the ledger |
 | `report` | the reconciled counts, in the log and in S3 (`reports/`) |
+| `release_partition` | teardown: removes the partition's lock, however the run ended |
+
+**One run per partition at a time.** `plan_partition` takes `<state>/<date>/lock.json` (an S3
+conditional write); a second run of the same date fails there, before reading anything, and says
+which run holds it. A lock left by a run that died is taken over after `lock_ttl_hours`.
 
 **Run dates are partition dates.** The daily run for interval *D* (it starts once *D* has ended)
 processes partition *D*; a backfill from *D1* to *D2* processes *D1*..*D2*; a manual run takes
@@ -96,13 +101,19 @@ def mparticle_quarantine_backfill() -> None:
     def report(*stage_outputs: list[dict]) -> dict:
         return stages.build_report(stage_outputs, S3Store())
 
+    @task
+    def release_partition(chunks: list[dict]) -> bool:
+        return stages.release_partition(chunks, S3Store())
+
     planned = plan_partition()
     extracted = extract.expand(chunk=planned)
     filtered = filter_by_age.expand(chunk=extracted)
     transformed = transform.expand(chunk=filtered)
     deduped = dedupe_check(transformed)
     sent = MParticleSendOperator.partial(task_id="send", pool=EVENTS_API_POOL).expand(chunk=deduped)
-    report(planned, extracted, filtered, transformed, deduped, sent.output)
+    reported = report(planned, extracted, filtered, transformed, deduped, sent.output)
+    # A teardown: runs once the run's work is done, whether it succeeded or failed.
+    reported >> release_partition(planned).as_teardown(setups=planned)
 
 
 mparticle_quarantine_backfill()

@@ -45,6 +45,7 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "partition_date": (None, "YYYY-MM-DD: the quarantine date to process (default: from the run)."),
     "reference_time": (None, "ISO 8601 end of the age window, e.g. 2026-11-20T06:00:00Z (default: now)."),
     "files_per_chunk": (25, "Quarantine objects per mapped chunk (bounds a worker's memory)."),
+    "lock_ttl_hours": (12, "A partition lock left by a run that died is taken over after this many hours."),
 }
 
 
@@ -121,6 +122,7 @@ class BackfillSettings:
     partition_date: date | None = None
     reference_time: datetime | None = None
     files_per_chunk: int = 25
+    lock_ttl_hours: int = 12
 
     @property
     def partition_layout(self) -> PartitionLayout:
@@ -189,6 +191,9 @@ def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
     files_per_chunk = _int("files_per_chunk", merged.get("files_per_chunk", 25))
     if not 1 <= files_per_chunk <= 10_000:
         raise InvalidSettings("files_per_chunk", f"must be 1 to 10000, got {files_per_chunk}")
+    lock_ttl_hours = _int("lock_ttl_hours", merged.get("lock_ttl_hours", 12))
+    if not 1 <= lock_ttl_hours <= 168:
+        raise InvalidSettings("lock_ttl_hours", f"must be 1 to 168, got {lock_ttl_hours}")
 
     settings = BackfillSettings(
         bucket=bucket,
@@ -214,6 +219,7 @@ def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
         partition_date=parse_date("partition_date", merged["partition_date"]) if "partition_date" in merged else None,
         reference_time=parse_time("reference_time", merged["reference_time"]) if "reference_time" in merged else None,
         files_per_chunk=files_per_chunk,
+        lock_ttl_hours=lock_ttl_hours,
     )
     # Validate what the stage objects check for themselves, now, before any data is read.
     settings.age_window()
@@ -273,6 +279,11 @@ class StatePaths:
 
     def report(self, extension: str) -> str:
         return f"{self.partition}/reports/{self.run_key}.{extension}"
+
+    @property
+    def lock(self) -> str:
+        """The partition's lock object (one run at a time; :mod:`.partition_lock`)."""
+        return f"{self.partition}/lock.json"
 
 
 def run_key(run_id: str) -> str:

@@ -116,6 +116,7 @@ def test_partition_end_to_end_then_rerun_sends_nothing_new(airflow_db, s3, conne
         "replayed": 2, "nothing_to_replay": 0, "too_old": 1, "already_replayed": 1, "dead_lettered": 2,
     }  # fmt: skip
     assert summary["summary"]["counts"]["verification_objects_skipped"] == 1
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/lock.json")  # released
 
     # Re-running the same partition sends nothing new: the ledger knows what was accepted.
     again = run_dag()
@@ -208,3 +209,18 @@ def test_firehose_hourly_layout_then_force_resends(airflow_db, s3, connections):
     resent_ids = {b["source_request_id"] for b in emulator.state.batches[len(first) :]}
     assert first_ids.isdisjoint(resent_ids)
     assert report(s3, forced)["totals"]["replayed"] == 4
+
+
+def test_a_partition_locked_by_another_run_is_not_touched(airflow_db, s3, connections):
+    """A manual run during a backfill of the same date stops before reading anything."""
+    from include.mparticle_backfill.partition_lock import LockHolder
+
+    seed_partition(s3)
+    holder = LockHolder("backfill__2026-11-20", "backfill__2026-11-20T00:00:00+00:00", datetime.now(timezone.utc))
+    s3.put_object(Bucket=BUCKET, Key=f"{STATE}/lock.json", Body=holder.to_bytes())
+    run = run_dag()
+    assert run.state == "failed"
+    assert connections.state.batches == []
+    assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/runs/").get("Contents")
+    lock = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{STATE}/lock.json")["Body"].read())
+    assert lock["run_key"] == "backfill__2026-11-20"  # the holder's lock is left alone

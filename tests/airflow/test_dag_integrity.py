@@ -22,10 +22,17 @@ def dag(airflow_db):
 
 def test_task_order(dag):
     order = ["plan_partition", "extract", "filter_by_age", "transform", "dedupe_check", "send", "report"]
-    assert set(dag.task_ids) == set(order)
+    assert set(dag.task_ids) == {*order, "release_partition"}
     for upstream, downstream in itertools.pairwise(order):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert set(dag.get_task("report").upstream_task_ids) == set(order[:-1])
+
+
+def test_the_lock_is_released_by_a_teardown(dag):
+    release = dag.get_task("release_partition")
+    assert release.is_teardown
+    assert dag.get_task("plan_partition").is_setup
+    assert {"plan_partition", "report"} <= release.upstream_task_ids
 
 
 def test_retries_tags_pool_docs(dag):

@@ -28,6 +28,7 @@ _TYPES: dict[str, dict[str, Any]] = {
     "partition_date": {"type": ["null", "string"], "format": "date"},
     "reference_time": {"type": ["null", "string"]},
     "files_per_chunk": {"type": ["null", "integer"], "minimum": 1},
+    "lock_ttl_hours": {"type": ["null", "integer"], "minimum": 1, "maximum": 168},
 }
 
 

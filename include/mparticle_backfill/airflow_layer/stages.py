@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from .. import jsonio
+from .. import jsonio, partition_lock
 from ..accounting import Summary, merge_all
 from ..dedupe_check import DedupeCheck
 from ..errors import InvalidSettings
 from ..model import OUTCOMES
+from ..partition_lock import LockHolder
 from ..pipeline import dedupe_stage, extract_stage, filter_by_age_stage, transform_stage
 from ..settings import BackfillSettings, StatePaths, parse_settings, parse_time, resolve_partition_date, run_key
 from .store import S3Store
@@ -71,6 +72,8 @@ def plan_partition(
     summary = Summary()
     summary.counts["objects_listed"] = len(keys)
     summary.counts["verification_objects_skipped"] = skipped
+    if not settings.dry_run:  # a dry run sends nothing and writes no ledger: it needs no lock
+        acquire_partition(settings, StatePaths(settings.state_prefix, day, run_key(run_id)), run_id, store)
     return [
         {
             "chunk": index,
@@ -84,6 +87,61 @@ def plan_partition(
         }
         for index, group in enumerate(groups)
     ]
+
+
+def acquire_partition(
+    settings: BackfillSettings, paths: StatePaths, run_id: str, store: S3Store, now: datetime | None = None
+) -> None:
+    """Take the partition's lock for this run, or fail the run, naming who holds it.
+
+    Called last in the planning task, so that a failure there cannot leave a lock behind.
+    """
+    now = now or datetime.now(timezone.utc)
+    ttl = timedelta(hours=settings.lock_ttl_hours)
+    bucket, key = settings.state_bucket, paths.lock
+    me = LockHolder(paths.run_key, run_id, now)
+    for _attempt in range(3):  # another run may create or take the lock between our read and write
+        if store.create_if_absent(bucket, key, me.to_bytes()):
+            log.info("Lock s3://%s/%s taken for run %s", bucket, key, run_id)
+            return
+        found = store.read_object(bucket, key)
+        if found is None:
+            continue  # released in between: try to create it again
+        body, etag = found
+        holder = LockHolder.from_bytes(body)
+        decision = partition_lock.decide(holder, True, paths.run_key, now, ttl)
+        if decision == partition_lock.OURS:
+            log.info("Lock s3://%s/%s already held by this run (a retry)", bucket, key)
+            return
+        if decision == partition_lock.HELD:
+            assert holder is not None
+            raise AirflowFailException(
+                partition_lock.held_message(holder, f"s3://{bucket}/{key}", paths.day.isoformat(), ttl)
+            )
+        if store.replace_if_unchanged(bucket, key, me.to_bytes(), etag):
+            log.warning(
+                "Lock s3://%s/%s taken over from %s (acquired %s, older than %d h)",
+                bucket, key, holder.run_id if holder else "an unreadable lock",
+                holder.acquired_at.isoformat() if holder else "?", settings.lock_ttl_hours,
+            )  # fmt: skip
+            return
+    raise AirflowFailException(f"Could not take the lock s3://{bucket}/{key}: other runs keep changing it")
+
+
+def release_partition(chunks: Iterable[Mapping[str, Any]], store: S3Store) -> bool:
+    """Remove the partition's lock if this run holds it (the DAG's teardown); True if it was removed."""
+    first = next(iter(chunks), None)
+    if first is None or first["settings"].get("dry_run"):
+        return False
+    settings, paths = settings_of(first), paths_of(first)
+    found = store.read_object(settings.state_bucket, paths.lock)
+    holder = LockHolder.from_bytes(found[0]) if found else None
+    if holder is None or holder.run_key != paths.run_key:
+        log.warning("Lock s3://%s/%s is not held by this run: left as it is", settings.state_bucket, paths.lock)
+        return False
+    store.delete(settings.state_bucket, paths.lock)
+    log.info("Lock s3://%s/%s released", settings.state_bucket, paths.lock)
+    return True
 
 
 def extract_chunk(chunk: Mapping[str, Any], store: S3Store) -> dict[str, Any]:

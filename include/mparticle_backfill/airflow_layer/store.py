@@ -10,6 +10,7 @@ from datetime import date
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from botocore.exceptions import ClientError
 
 from .. import jsonio
 from ..extract import PartitionLayout, is_verification_object, open_object
@@ -81,8 +82,45 @@ class S3Store:
     def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str = "application/json") -> None:
         self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
 
+    def create_if_absent(self, bucket: str, key: str, body: bytes) -> bool:
+        """Write the object only if no object has that key (S3 conditional write); False if one exists."""
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+        except ClientError as error:
+            if _status(error) in (409, 412):  # 412 Precondition Failed; 409 a concurrent conditional write
+                return False
+            raise
+        return True
+
+    def replace_if_unchanged(self, bucket: str, key: str, body: bytes, etag: str) -> bool:
+        """Overwrite the object only if it is still the version ``etag`` names; False if it changed."""
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=etag)
+        except ClientError as error:
+            if _status(error) in (404, 409, 412):
+                return False
+            raise
+        return True
+
+    def read_object(self, bucket: str, key: str) -> tuple[bytes, str] | None:
+        """An object's content and ETag, or None if there is no such object."""
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if _status(error) == 404:
+                return None
+            raise
+        return response["Body"].read(), response["ETag"]
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client.delete_object(Bucket=bucket, Key=key)
+
     def writer(self, bucket: str, key: str, *, compress: bool = False, upload_empty: bool = True) -> NdjsonWriter:
         return NdjsonWriter(self, bucket, key, compress=compress, upload_empty=upload_empty)
+
+
+def _status(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
 class NdjsonWriter:

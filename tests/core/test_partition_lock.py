@@ -1,0 +1,31 @@
+"""Who may take a partition's lock."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from include.mparticle_backfill.partition_lock import FREE, HELD, OURS, STALE, LockHolder, decide, held_message
+
+NOW = datetime(2026, 11, 21, 6, tzinfo=timezone.utc)
+TTL = timedelta(hours=12)
+
+
+def test_decisions():
+    mine = LockHolder("run-a", "run a", NOW - timedelta(hours=1))
+    assert decide(None, False, "run-a", NOW, TTL) == FREE
+    assert decide(mine, True, "run-a", NOW, TTL) == OURS
+    assert decide(mine, True, "run-b", NOW, TTL) == HELD
+    assert decide(mine, True, "run-b", NOW + timedelta(hours=11), TTL) == STALE
+    assert decide(None, True, "run-b", NOW, TTL) == STALE  # unreadable: nobody can be holding it
+
+
+def test_lock_content_round_trips_and_garbage_is_none():
+    holder = LockHolder("run-a", "manual__2026-11-21T06:00:00+00:00", NOW)
+    assert LockHolder.from_bytes(holder.to_bytes()) == holder
+    for body in (b"", b"{}", b"[1]", b'{"run_key": "a", "run_id": "b", "acquired_at": "2026-11-21T06:00:00"}'):
+        assert LockHolder.from_bytes(body) is None
+
+
+def test_message_says_who_and_what_to_do():
+    message = held_message(LockHolder("k", "backfill__x", NOW), "s3://b/lock.json", "2026-11-20", TTL)
+    assert "backfill__x" in message and "s3://b/lock.json" in message and "12 h" in message
