@@ -14,7 +14,7 @@ identities, without `batch_id`, within the replay window (14 days by default), n
 | `transform` | applies fix rules and builds valid batches (limits, one user) |
 | `dedupe_check` | drops what the ledger says was accepted before, and batches seen twice |
 | `send` | sends through `MParticleSendOperator` (pool `mparticle_events_api`), writes the ledger |
-| `report` | the reconciled counts, in the log and in S3 (`reports/`) |
+| `report` | the reconciled counts, in the log and in S3 (`reports/`); links **Backfill report** and **Dead letters** |
 | `release_partition` | teardown: removes the partition's lock, however the run ended |
 
 **One run per partition at a time.** `plan_partition` takes `<state>/<date>/lock.json` (an S3
@@ -41,7 +41,10 @@ if _PROJECT_ROOT not in sys.path:
 from airflow.sdk import CronDataIntervalTimetable, Variable, dag, get_current_context, task  # noqa: E402
 
 from include.mparticle_backfill.airflow_layer import stages  # noqa: E402
-from include.mparticle_backfill.airflow_layer.operators import MParticleSendOperator  # noqa: E402
+from include.mparticle_backfill.airflow_layer.operators import (  # noqa: E402
+    MParticleReportOperator,
+    MParticleSendOperator,
+)
 from include.mparticle_backfill.airflow_layer.params import run_params  # noqa: E402
 from include.mparticle_backfill.airflow_layer.store import S3Store  # noqa: E402
 
@@ -98,10 +101,6 @@ def mparticle_quarantine_backfill() -> None:
         return stages.dedupe_partition(chunks, S3Store())
 
     @task
-    def report(*stage_outputs: list[dict]) -> dict:
-        return stages.build_report(stage_outputs, S3Store())
-
-    @task
     def release_partition(chunks: list[dict]) -> bool:
         return stages.release_partition(chunks, S3Store())
 
@@ -111,7 +110,9 @@ def mparticle_quarantine_backfill() -> None:
     transformed = transform.expand(chunk=filtered)
     deduped = dedupe_check(transformed)
     sent = MParticleSendOperator.partial(task_id="send", pool=EVENTS_API_POOL).expand(chunk=deduped)
-    reported = report(planned, extracted, filtered, transformed, deduped, sent.output)
+    reported = MParticleReportOperator(
+        task_id="report", stage_outputs=[planned, extracted, filtered, transformed, deduped, sent.output]
+    )
     # A teardown: runs once the run's work is done, whether it succeeded or failed.
     reported >> release_partition(planned).as_teardown(setups=planned)
 

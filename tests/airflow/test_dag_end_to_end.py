@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from datetime import datetime, timezone
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -79,6 +80,37 @@ def report(s3, run) -> dict:
     return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
 
+def run_key_of(run) -> str:
+    from include.mparticle_backfill.settings import run_key
+
+    return run_key(run.run_id)
+
+
+def extra_links(run, task_id: str) -> dict[str, str]:
+    """The extra links the UI shows for a task, as Airflow stored them when the task ended."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(XComModel.key, XComModel.value).where(
+                XComModel.dag_id == run.dag_id,
+                XComModel.run_id == run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key.like("_link_%"),
+            )
+        ).all()
+    names = {"_link_BackfillReportLink": "Backfill report", "_link_DeadLettersLink": "Dead letters"}
+    found = {}
+    for key, value in rows:
+        try:  # stored as JSON, or as the plain string (as the UI's XComOperatorLink reads it)
+            found[names[key]] = json.loads(value)
+        except (TypeError, ValueError):
+            found[names[key]] = value
+    return found
+
+
 def dead_letters(s3) -> list[dict]:
     found = []
     for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/dead_letters/").get("Contents", []):
@@ -117,6 +149,14 @@ def test_partition_end_to_end_then_rerun_sends_nothing_new(airflow_db, s3, conne
     }  # fmt: skip
     assert summary["summary"]["counts"]["verification_objects_skipped"] == 1
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/lock.json")  # released
+
+    # The report task's extra links open the report and the dead letters (here on the moto endpoint).
+    links = extra_links(run, "report")
+    link_path = unquote(urlsplit(links["Backfill report"]).path)
+    assert link_path.startswith(f"/{BUCKET}/")
+    report_md = s3.get_object(Bucket=BUCKET, Key=link_path.removeprefix(f"/{BUCKET}/"))["Body"].read().decode()
+    assert "**Reconciled:** yes" in report_md
+    assert links["Dead letters"].endswith(f"{STATE}/dead_letters/{run_key_of(run)}/")
 
     # Re-running the same partition sends nothing new: the ledger knows what was accepted.
     again = run_dag()

@@ -28,6 +28,10 @@ def test_task_order(dag):
     assert set(dag.get_task("report").upstream_task_ids) == set(order[:-1])
 
 
+def test_report_links(dag):
+    assert {link.name for link in dag.get_task("report").operator_extra_links} == {"Backfill report", "Dead letters"}
+
+
 def test_the_lock_is_released_by_a_teardown(dag):
     release = dag.get_task("release_partition")
     assert release.is_teardown

@@ -1,4 +1,5 @@
-"""MParticleSendOperator: send one chunk's replay batches to the Events API (or, dry run, write them)."""
+"""The DAG's operators: send one chunk's replay batches to the Events API (or, dry run, write them), and
+report on the run with links to the report and the dead letters."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from ..pack import payloads
 from ..pipeline import SendTracker, pack_stage
 from ..settings import StatePaths
 from .hooks import MParticleEventsHook
-from .stages import paths_of, settings_of
+from .links import BackfillReportLink, DeadLettersLink, s3_browser_url
+from .stages import build_report, paths_of, settings_of
 from .store import S3_CONN_ID, S3Store
 
 
@@ -142,3 +144,37 @@ class MParticleSendOperator(BaseOperator):
             ledger.flush()
         if tracker.waiting:
             raise RuntimeError(f"{tracker.waiting} records got no answer from the Events API")
+
+
+class MParticleReportOperator(BaseOperator):
+    """Adds up the counts of every stage, checks they reconcile, writes the report to S3 and logs it.
+
+    Its extra links, **Backfill report** and **Dead letters**, open the run's report and dead letters
+    (the S3 console on AWS). The task fails if the counts do not reconcile; the links are set even then.
+
+    :param stage_outputs: the chunk descriptors of every stage, one list per stage (templated).
+    :param aws_conn_id: the S3 connection (templated).
+    """
+
+    template_fields = ("stage_outputs", "aws_conn_id")
+    operator_extra_links = (BackfillReportLink(), DeadLettersLink())
+    ui_color = "#eaf7ea"
+
+    def __init__(self, *, stage_outputs: Any, aws_conn_id: str = S3_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage_outputs = stage_outputs
+        self.aws_conn_id = aws_conn_id
+        self.report_url = ""
+        self.dead_letters_url = ""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        outputs = [list(stage) for stage in self.stage_outputs]
+        store = S3Store(self.aws_conn_id)
+        first = outputs[0][0]
+        settings, paths = settings_of(first), paths_of(first)
+        endpoint = store.client.meta.endpoint_url
+        self.report_url = s3_browser_url(settings.state_bucket, paths.report("md"), endpoint)
+        self.dead_letters_url = s3_browser_url(
+            settings.state_bucket, f"{paths.partition}/dead_letters/{paths.run_key}/", endpoint
+        )
+        return build_report(outputs, store)
