@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -83,8 +85,13 @@ def test_backfill_three_dates_each_partition_once(airflow_db, s3, connections, m
     logs = (AIRFLOW_HOME / "scheduler-test.log").open("w")
 
     def start(*args: str) -> subprocess.Popen:
+        # Each in its own process group: the scheduler's children (serve-logs, executor workers) end with it.
         return subprocess.Popen(
-            [sys.executable, "-m", "airflow", *args], stdout=logs, stderr=subprocess.STDOUT, env=os.environ.copy()
+            [sys.executable, "-m", "airflow", *args],
+            stdout=logs,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+            start_new_session=True,
         )
 
     # Tasks report to the api-server: it must answer before the scheduler hands any task out.
@@ -95,12 +102,15 @@ def test_backfill_three_dates_each_partition_once(airflow_db, s3, connections, m
         runs = wait_for_runs("mparticle_quarantine_backfill", 3, timeout=420)
     finally:
         for process in processes:
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)
         for process in processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
+        for process in processes:  # children that outlived their parent
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
         logs.close()
     assert sorted((start.date().isoformat(), state) for start, state, _ in runs) == [(d, "success") for d in DAYS]
     assert {str(run_type) for _, _, run_type in runs} == {"backfill"}
