@@ -32,6 +32,11 @@ format: venv
 run: venv
 	$(PY) scripts/run_local.py
 
+# Stops a `make run` started elsewhere (another terminal, or in the background).
+stop:
+	@if [ -f .local/run.pid ]; then kill $$(cat .local/run.pid) && echo "stopping make run (pid $$(cat .local/run.pid))"; \
+	else echo "make run is not running"; fi
+
 bench: venv
 	$(PY) bench/bench_pipeline.py --floor
 	$(PY) bench/bench_send.py

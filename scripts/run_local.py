@@ -28,6 +28,7 @@ from include.mparticle_backfill import synthetic  # noqa: E402
 from include.mparticle_backfill.emulator import EventsApiEmulator  # noqa: E402
 
 LOCAL = ROOT / ".local"
+PID_FILE = LOCAL / "run.pid"
 S3_PORT, API_PORT, WEB_PORT = 5055, 8089, 8080
 BUCKET, PREFIX = "local-quarantine", "mparticle/quarantine"
 
@@ -107,7 +108,37 @@ def main() -> None:
         check=True,
     )
     airflow("dags", "reserialize")
-    standalone = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env)
+    # Its own process group: at the end, whatever standalone started ends with it.
+    standalone = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env, start_new_session=True)
+    PID_FILE.write_text(str(os.getpid()))  # for `make stop`
+    try:
+        start_runs(airflow, days)
+        print(
+            f"\nAirflow is up: http://127.0.0.1:{WEB_PORT} (local only, no login needed).\n"
+            f"DAG 'mparticle_quarantine_backfill': a backfill of {days[0]}..{days[1]} and the daily run for "
+            f"{days[2]}\nare running. Read each task's log; reports are under "
+            f"s3://{BUCKET}/{PREFIX}/_backfill/<date>/reports/\n"
+            f"(local S3: http://127.0.0.1:{S3_PORT}). Ctrl-C or `make stop` stops everything."
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(1):
+                pass
+    finally:
+        PID_FILE.unlink(missing_ok=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(standalone.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            standalone.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):  # anything of standalone's still running
+            os.killpg(standalone.pid, signal.SIGKILL)
+        emulator.stop()
+        moto.stop()
+
+
+def start_runs(airflow, days) -> None:
+    """Once standalone answers: unpause the DAG (the daily run takes yesterday) and backfill the two days before."""
     for _ in range(120):
         try:
             if requests.get(f"http://127.0.0.1:{WEB_PORT}/api/v2/monitor/health", timeout=2).ok:
@@ -116,8 +147,7 @@ def main() -> None:
             pass
         time.sleep(2)
     time.sleep(10)  # let standalone finish starting before tasks report to it
-    # Unpaused only now (the scheduler runs nothing of a paused DAG): the daily run takes yesterday,
-    # the backfill the two days before. SQLite takes one writer at a time: retry if it is busy.
+    # The scheduler runs nothing of a paused DAG. SQLite takes one writer at a time: retry if it is busy.
     for attempt in range(6):
         try:
             airflow("dags", "unpause", "mparticle_quarantine_backfill")
@@ -130,21 +160,6 @@ def main() -> None:
             if attempt == 5:
                 raise
             time.sleep(5)
-    print(
-        f"\nAirflow is up: http://127.0.0.1:{WEB_PORT} (local only, no login needed).\n"
-        f"DAG 'mparticle_quarantine_backfill': a backfill of {days[0]}..{days[1]} and the daily run for {days[2]}\n"
-        f"are running. Read each task's log; reports are under s3://{BUCKET}/{PREFIX}/_backfill/<date>/reports/\n"
-        f"(local S3: http://127.0.0.1:{S3_PORT}). Ctrl-C stops everything."
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        while not stop.wait(1):
-            pass
-    standalone.terminate()
-    standalone.wait(timeout=60)
-    emulator.stop()
-    moto.stop()
 
 
 if __name__ == "__main__":
