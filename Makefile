@@ -34,7 +34,7 @@ run: venv
 
 # Stops a `make run` started elsewhere (another terminal, or in the background).
 stop:
-	@if [ -f .local/run.pid ]; then kill $$(cat .local/run.pid) && echo "stopping make run (pid $$(cat .local/run.pid))"; \
+	@if [ -f .local/run.pid ]; then pid=$$(cat .local/run.pid); echo "stopping make run (pid $$pid)"; kill $$pid; \
 	else echo "make run is not running"; fi
 
 bench: venv
