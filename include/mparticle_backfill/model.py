@@ -87,9 +87,10 @@ class SelectedEvent(Struct):
 class Replay(Struct):
     """What one quarantine record contributes to the backfill, as it moves through the stages.
 
-    ``trail`` keeps every (outcome, reason) of the parts dropped on the way, so the record's final
-    outcome and the event-level counts can be told at the end whatever stage dropped what.
-    ``batches`` is filled by the transform stage.
+    ``batch`` is the original batch without its events (the selected ones, normalised, are in
+    ``events``). ``trail`` keeps every (outcome, reason) of the parts dropped on the way, so the
+    record's final outcome and the event-level counts can be told at the end whatever stage dropped
+    what. ``batches`` is filled by the transform stage.
     """
 
     ref: RecordRef

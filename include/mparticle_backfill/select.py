@@ -95,10 +95,14 @@ def select(record: QuarantineRecord, settings: SelectionSettings, counts: Counte
     for name in block.blocked_device_identities:
         counts[f"blocked_device_identity:{name}"] += 1
 
+    # The batch travels on without its events (the selected ones are in ``events``): stage files
+    # between the Airflow tasks would otherwise carry every event of every record, twice.
+    carried = dict(batch)
+    carried.pop("events", None)
     replay = Replay(
         ref=record.ref,
         identity=record.identity,
-        batch=batch,
+        batch=carried,
         events=events,
         user_attributes=user_attributes,
     )

@@ -170,7 +170,7 @@ def transform(
             NO_RESOLVABLE_IDENTITY,
             "the original batch has no mpid and no user identity that was not blocked: a replay could "
             "resolve to a new user (billed twice)",
-            batch,
+            _with_events(batch, replay.events),
             len(replay.events),
         )
         replay.events, replay.user_attributes = [], {}
@@ -184,7 +184,7 @@ def transform(
     envelope = _envelope(batch, settings)
     problem = limits.batch_problem(envelope)
     if problem:
-        reject(INVALID_BATCH, problem, batch, len(events))
+        reject(INVALID_BATCH, problem, _with_events(batch, events), len(events))
         replay.events, replay.user_attributes = [], {}
         return replay
 
@@ -226,6 +226,11 @@ def transform(
         counts["records_split"] += 1
     counts["batches_built"] += len(built)
     return replay
+
+
+def _with_events(batch: dict[str, Any], events: list[SelectedEvent]) -> dict[str, Any]:
+    """A dead letter's content: the original batch with the events that would have been replayed."""
+    return {**batch, "events": [selected.event for selected in events]}
 
 
 def _add_batch(replay: Replay, keys: list[str], payload: dict[str, Any], encoded: bytes, salt: str) -> None:

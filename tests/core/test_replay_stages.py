@@ -166,6 +166,16 @@ def test_no_mpid_and_only_blocked_identities_is_dead_lettered(real_record):
     replay, _, dead = replay_of(real_record)
     assert replay.empty and replay.outcome() == (DEAD_LETTERED, NO_RESOLVABLE_IDENTITY)
     assert dead[0].reason == NO_RESOLVABLE_IDENTITY and dead[0].content["batch_id"] == "-5158959812941698317"
+    # The dead letter holds the batch with the events that would have been replayed, ids exact.
+    assert [e["data"]["event_id"] for e in dead[0].content["events"]] == [int(i) for i in BLOCKED]
+
+
+def test_the_batch_travels_without_its_events(real_record):
+    """Stage files carry each selected event once, not the whole original batch again."""
+    (quarantine_record,) = iter_records("k.txt", stream(ndjson(real_record)))
+    replay = select(quarantine_record, SelectionSettings(), Counter())
+    assert "events" not in replay.batch and len(replay.events) == 2
+    assert "events" in quarantine_record.batch  # the record as read is left whole
 
 
 def test_email_not_blocked_resolves_the_user(real_record):
