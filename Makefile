@@ -39,6 +39,7 @@ stop:
 
 bench: venv
 	$(PY) bench/bench_pipeline.py --floor
+	$(PY) bench/bench_stage_files.py
 	$(PY) bench/bench_send.py
 
 clean:
