@@ -12,7 +12,7 @@ from . import jsonio, limits
 from .errors import FixFailed, InvalidSettings
 from .fixes import FixRule, apply_fixes
 from .model import DEAD_LETTERED, DeadLetter, Replay, ReplayBatch, SelectedEvent
-from .values import exact_int, id_string
+from .values import exact_int
 
 KEEP = "keep"
 OMIT = "omit"
@@ -96,8 +96,7 @@ def _block_metadata(batch: dict[str, Any]) -> dict[str, Any]:
 
 def has_resolvable_identity(batch: dict[str, Any]) -> bool:
     """Whether the original batch names its user by an mpid or an identity that was not blocked."""
-    mpid = id_string(batch.get("mpid"))
-    if mpid is not None and mpid != "0":
+    if exact_int(batch.get("mpid")):  # the mpid the replay will carry (see _envelope); 0 is no user
         return True
     identities = batch.get("user_identities")
     if type(identities) is not dict:

@@ -178,6 +178,15 @@ def test_the_batch_travels_without_its_events(real_record):
     assert "events" in quarantine_record.batch  # the record as read is left whole
 
 
+@pytest.mark.parametrize("mpid", ["abc", "0", 1.5e18, True, ""])
+def test_an_mpid_that_cannot_be_sent_does_not_resolve_the_user(real_record, mpid):
+    """Only an mpid the replay will carry counts; else the (blocked-only) identities decide."""
+    real_record["user_identities"] = {"customer_id": "1234"}  # blocked in this record
+    real_record["mpid"] = mpid
+    replay, _, dead = replay_of(real_record)
+    assert replay.outcome() == (DEAD_LETTERED, NO_RESOLVABLE_IDENTITY) and dead[0].reason == NO_RESOLVABLE_IDENTITY
+
+
 def test_email_not_blocked_resolves_the_user(real_record):
     # The real record has no mpid, but email was not blocked: it names the user.
     assert "mpid" not in real_record
