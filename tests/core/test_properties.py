@@ -124,3 +124,77 @@ def test_synthetic_partition_reconciles_exactly():
     assert summary.reconciles()
     assert summary.total("dead_lettered") == 10 == len([d for d in dead if d.stage == "extract"])
     assert summary.total("too_old") > 0 and summary.total("replayed") > 0
+
+
+_METADATA_FIELDS = (
+    "dto_version",
+    "blocked_event_ids",
+    "blocked_event_attributes",
+    "blocked_user_attributes",
+    "blocked_user_identities",
+    "blocked_device_identities",
+)
+_ids = st.lists(
+    st.text(max_size=6) | st.integers() | st.none() | st.booleans() | st.floats(allow_nan=False), max_size=3
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    metadata=st.fixed_dictionaries(
+        {},
+        optional={
+            "dto_version": st.sampled_from([1, 1, 1, 2, True, "1", None, 1.0]),
+            "blocked_event_ids": _ids | json_values,
+            "blocked_event_attributes": st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "event_id": st.text(max_size=4) | st.integers() | json_values,
+                        "event_attributes": st.lists(st.text(max_size=8)) | json_values,
+                    },
+                ),
+                max_size=2,
+            )
+            | json_values,
+            "blocked_user_attributes": _ids | json_values,
+            "blocked_user_identities": _ids | json_values,
+            "blocked_device_identities": _ids | json_values,
+        },
+    )
+)
+def test_block_metadata_fast_check_and_diagnosis_agree(metadata):
+    """The C-level check accepts exactly what the documented shape allows; a refusal always says why."""
+    from include.mparticle_backfill.extract import _block_metadata, _diagnose_block_metadata
+
+    def ok_list(value, item_ok):
+        return value is None or (type(value) is list and all(item_ok(item) for item in value))
+
+    def id_ok(item):
+        return (type(item) is str and item.strip() != "") or type(item) is int
+
+    def name_ok(item):
+        return type(item) in (str, int)
+
+    def entry_ok(entry):
+        return (
+            type(entry) is dict
+            and id_ok(entry.get("event_id"))
+            and type(entry.get("event_attributes")) is list
+            and all(type(p) is str for p in entry["event_attributes"])
+        )
+
+    documented = (
+        type(metadata.get("dto_version")) is int
+        and metadata.get("dto_version") == 1
+        and ok_list(metadata.get("blocked_event_ids"), id_ok)
+        and ok_list(metadata.get("blocked_event_attributes"), entry_ok)
+        and all(ok_list(metadata.get(name), name_ok) for name in _METADATA_FIELDS[3:])
+    )
+    block, reason, detail = _block_metadata({"context": {"data_plan": {"block_metadata": metadata}}})
+    assert (block is not None) == documented, (reason, detail)
+    if block is None:
+        assert reason and detail
+        assert (reason, detail) == _diagnose_block_metadata(metadata)
+    else:
+        assert block.blocked_event_ids == {str(i).strip() for i in metadata.get("blocked_event_ids") or ()}
