@@ -7,7 +7,7 @@ import io
 import json
 import random
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from include.mparticle_backfill import synthetic
@@ -163,6 +163,12 @@ _ids = st.lists(
         },
     )
 )
+@example({"dto_version": 2})
+@example({"dto_version": True})
+@example({"dto_version": 1, "blocked_event_ids": ""})
+@example({"dto_version": 1, "blocked_event_ids": [" 7 ", 8]})
+@example({"dto_version": 1, "blocked_user_attributes": [None]})
+@example({"dto_version": 1, "blocked_event_attributes": [{"event_id": "1", "event_attributes": "x"}]})
 def test_block_metadata_fast_check_and_diagnosis_agree(metadata):
     """The C-level check accepts exactly what the documented shape allows; a refusal always says why."""
     from include.mparticle_backfill.extract import _block_metadata, _diagnose_block_metadata
