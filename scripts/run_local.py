@@ -18,7 +18,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
-import requests
 from moto.server import ThreadedMotoServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from include.mparticle_backfill import synthetic  # noqa: E402
 from include.mparticle_backfill.emulator import EventsApiEmulator  # noqa: E402
+from scripts.airflow_health import wait_for_api_server  # noqa: E402
 
 LOCAL = ROOT / ".local"
 PID_FILE = LOCAL / "run.pid"
@@ -139,13 +139,7 @@ def main() -> None:
 
 def start_runs(airflow, days) -> None:
     """Once standalone answers: unpause the DAG (the daily run takes yesterday) and backfill the two days before."""
-    for _ in range(120):
-        try:
-            if requests.get(f"http://127.0.0.1:{WEB_PORT}/api/v2/monitor/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(2)
+    wait_for_api_server(WEB_PORT, timeout=240)
     time.sleep(10)  # let standalone finish starting before tasks report to it
     # The scheduler runs nothing of a paused DAG. SQLite takes one writer at a time: retry if it is busy.
     for attempt in range(6):

@@ -37,7 +37,6 @@ INVALID_BATCH = "invalid_batch"
 CORRUPT_GZIP = "corrupt_gzip"
 
 _convert = msgspec.convert
-_decode = msgspec.json.Decoder().decode
 _LIST_FIELDS = (
     "blocked_event_ids",
     "blocked_user_attributes",
@@ -274,7 +273,7 @@ def _bad(ref: RecordRef, raw: bytes, reason: str, detail: str) -> BadRecord:
 def parse_line(object_key: str, line_number: int, raw: bytes) -> list[QuarantineRecord | BadRecord]:
     """Parse one NDJSON line; a line of several concatenated documents gives one record per part."""
     try:
-        return [parse_document(RecordRef(object_key, line_number), _decode(raw), raw)]
+        return [parse_document(RecordRef(object_key, line_number), jsonio.loads(raw), raw)]
     except jsonio.DecodeError:
         pass  # several documents on one line (Firehose), or not JSON: the slow path tells which
     try:

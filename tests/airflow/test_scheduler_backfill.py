@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from scripts.airflow_health import wait_for_api_server
 from tests.airflow.conftest import AIRFLOW_HOME, airflow_cli
 from tests.airflow.test_dag_end_to_end import BUCKET, PREFIX, lines, record
 
@@ -24,20 +25,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_for_api(port: int, timeout: float) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"the api-server did not answer on port {port} in {timeout}s")
 
 
 def wait_for_runs(dag_id: str, count: int, timeout: float) -> list:
@@ -97,7 +84,7 @@ def test_backfill_three_dates_each_partition_once(airflow_db, s3, connections, m
     # Tasks report to the api-server: it must answer before the scheduler hands any task out.
     processes = [start("api-server", "--port", str(port))]
     try:
-        wait_for_api(port, timeout=180)
+        wait_for_api_server(port, timeout=180)
         processes += [start("scheduler"), start("dag-processor")]
         runs = wait_for_runs("mparticle_quarantine_backfill", 3, timeout=420)
     finally:
