@@ -3,17 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
-export PYTHONPATH := $(CURDIR)
 
 .PHONY: venv test lint format run stop bench clean
 
 venv: $(VENV)/.installed
 
 # Create the virtualenv from the pinned files; re-run only when they change.
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The project's own packages (include/) are installed editable: the DAG imports them like any library.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt -r requirements-dev.txt
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
 ## make test: set up and run the whole test suite (what CI runs).
@@ -30,7 +31,7 @@ format: venv
 
 ## make run: local S3 (moto) + Events API emulator + seeded data + Airflow standalone on :8080.
 run: venv
-	$(PY) scripts/run_local.py
+	$(PY) -m tools.local_stack
 
 # Stops a `make run` started elsewhere (another terminal, or in the background).
 stop:

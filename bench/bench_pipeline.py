@@ -19,12 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from include.mparticle_backfill import jsonio, synthetic  # noqa: E402
-from include.mparticle_backfill.dedupe_check import DedupeCheck  # noqa: E402
-from include.mparticle_backfill.extract import open_object  # noqa: E402
-from include.mparticle_backfill.pipeline import run_local  # noqa: E402
-from include.mparticle_backfill.select import SelectionSettings  # noqa: E402
-from include.mparticle_backfill.transform import TransformSettings  # noqa: E402
+from mparticle_backfill import jsonio  # noqa: E402
+from mparticle_backfill.dedupe_check import DedupeCheck  # noqa: E402
+from mparticle_backfill.extract import open_object  # noqa: E402
+from mparticle_backfill.select import SelectionSettings  # noqa: E402
+from mparticle_backfill.transform import TransformSettings  # noqa: E402
+from tools import synthetic  # noqa: E402
+from tools.one_process import run_in_one_process  # noqa: E402
 
 DAY_MS = 1_763_596_800_000  # 2025-11-20T00:00:00Z
 
@@ -94,7 +95,7 @@ def main() -> None:
 
     started = time.perf_counter()
     cpu_started = time.process_time()
-    summary = run_local(
+    summary = run_in_one_process(
         ((p.name, p.open("rb")) for p in paths),
         selection=SelectionSettings(replay_blocked_event_attributes=args.selection == "all"),
         cutoff_ms=DAY_MS + 6 * 3_600_000,  # about a quarter of the day is "too old"

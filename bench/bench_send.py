@@ -16,11 +16,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from include.mparticle_backfill.emulator import EventsApiEmulator  # noqa: E402
-from include.mparticle_backfill.events_api import ClientSettings, EventsApiClient  # noqa: E402
-from include.mparticle_backfill.model import RecordRef, ReplayBatch  # noqa: E402
-from include.mparticle_backfill.pack import pack  # noqa: E402
-from include.mparticle_backfill.transform import source_request_id  # noqa: E402
+from mparticle_backfill.model import RecordRef, ReplayBatch  # noqa: E402
+from mparticle_backfill.send import pack  # noqa: E402
+from mparticle_backfill.transform import source_request_id  # noqa: E402
+from mparticle_backfill_airflow.events_api_client import ClientSettings, EventsApiClient  # noqa: E402
+from tools.emulator import EventsApiEmulator  # noqa: E402
 
 
 def batches(count: int):

@@ -23,11 +23,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_pipeline import generate  # noqa: E402
 
-from include.mparticle_backfill import jsonio  # noqa: E402
-from include.mparticle_backfill.accounting import Summary  # noqa: E402
-from include.mparticle_backfill.model import Replay  # noqa: E402
-from include.mparticle_backfill.pipeline import extract_stage  # noqa: E402
-from include.mparticle_backfill.select import SelectionSettings  # noqa: E402
+from mparticle_backfill import jsonio  # noqa: E402
+from mparticle_backfill.accounting import Summary  # noqa: E402
+from mparticle_backfill.extract import extract_records  # noqa: E402
+from mparticle_backfill.model import Replay  # noqa: E402
+from mparticle_backfill.select import SelectionSettings  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     replays = 0
     started = time.process_time()
     with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=3) as out:
-        for replay in extract_stage(((p.name, p.open("rb")) for p in paths), selection, summary, lambda _: None):
+        for replay in extract_records(((p.name, p.open("rb")) for p in paths), selection, summary, lambda _: None):
             out.write(jsonio.dumps(replay.to_json()) + b"\n")
             replays += 1
     extract_and_write = time.process_time() - started
@@ -57,7 +57,7 @@ def main() -> None:
     read = time.process_time() - started
 
     started = time.process_time()
-    for _ in extract_stage(((p.name, p.open("rb")) for p in paths), selection, Summary(), lambda _: None):
+    for _ in extract_records(((p.name, p.open("rb")) for p in paths), selection, Summary(), lambda _: None):
         pass
     extract_only = time.process_time() - started
     write = extract_and_write - extract_only

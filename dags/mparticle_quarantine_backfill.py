@@ -29,24 +29,13 @@ any of them can be overridden in the trigger form. `dry_run` sends nothing and w
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-# Plain Airflow puts dags/ and plugins/ on sys.path, not the project root where include/ lives.
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
-if _PROJECT_ROOT not in sys.path:
-    sys.path.append(_PROJECT_ROOT)
+from airflow.sdk import CronDataIntervalTimetable, Variable, dag, get_current_context, task
 
-from airflow.sdk import CronDataIntervalTimetable, Variable, dag, get_current_context, task  # noqa: E402
-
-from include.mparticle_backfill.airflow_layer import stages  # noqa: E402
-from include.mparticle_backfill.airflow_layer.operators import (  # noqa: E402
-    MParticleReportOperator,
-    MParticleSendOperator,
-)
-from include.mparticle_backfill.airflow_layer.params import run_params  # noqa: E402
-from include.mparticle_backfill.airflow_layer.store import S3Store  # noqa: E402
+from mparticle_backfill_airflow import tasks
+from mparticle_backfill_airflow.operators import MParticleReportOperator, MParticleSendOperator
+from mparticle_backfill_airflow.params import run_params
 
 SETTINGS_VARIABLE = "mparticle_backfill"
 EVENTS_API_POOL = "mparticle_events_api"
@@ -75,34 +64,34 @@ def mparticle_quarantine_backfill() -> None:
     def plan_partition() -> list[dict]:
         context = get_current_context()
         dag_run = context["dag_run"]
-        return stages.plan_partition(
+        return tasks.plan_partition(
             Variable.get(SETTINGS_VARIABLE, default=None, deserialize_json=True),
             context["params"],
             run_id=dag_run.run_id,
             data_interval_start=context.get("data_interval_start"),
             run_after=dag_run.run_after,
-            store=S3Store(),
+            s3=tasks.quarantine_s3(),
         )
 
     @task
     def extract(chunk: dict) -> dict:
-        return stages.extract_chunk(chunk, S3Store())
+        return tasks.extract(chunk, tasks.quarantine_s3())
 
     @task
     def filter_by_age(chunk: dict) -> dict:
-        return stages.filter_chunk(chunk, S3Store())
+        return tasks.filter_by_age(chunk, tasks.quarantine_s3())
 
     @task
     def transform(chunk: dict) -> dict:
-        return stages.transform_chunk(chunk, S3Store())
+        return tasks.transform(chunk, tasks.quarantine_s3())
 
     @task
     def dedupe_check(chunks: list[dict]) -> list[dict]:
-        return stages.dedupe_partition(chunks, S3Store())
+        return tasks.dedupe_check(chunks, tasks.quarantine_s3())
 
     @task
     def release_partition(chunks: list[dict]) -> bool:
-        return stages.release_partition(chunks, S3Store())
+        return tasks.release_partition(chunks, tasks.quarantine_s3())
 
     planned = plan_partition()
     extracted = extract.expand(chunk=planned)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .model import DEAD_LETTERED, OUTCOMES, BadRecord, Replay
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _LABELS = {
     "replayed": "replayed",
@@ -76,6 +77,8 @@ class Summary:
 
     def outcome_table(self) -> pd.DataFrame:
         """Records by outcome and reason (the reconciled counts table), outcomes in report order."""
+        import pandas as pd  # only where tables are rendered: parsing the DAG never imports it
+
         rows = [{"outcome": o, "reason": r, "records": n} for (o, r), n in self.outcomes.items() if n]
         frame = pd.DataFrame(rows, columns=["outcome", "reason", "records"])
         frame["order"] = frame["outcome"].map(OUTCOMES.index)
@@ -121,3 +124,18 @@ def merge_all(summaries: Iterable[Summary]) -> Summary:
     for summary in summaries:
         total.merge(summary)
     return total
+
+
+Step = Callable[[Replay], object]
+
+
+def advance(replays: Iterable[Replay], steps: tuple[Step, ...], summary: Summary) -> Iterator[Replay]:
+    """Apply stage steps to each record in turn; a record with nothing left ends there and is counted."""
+    for replay in replays:
+        for step in steps:
+            step(replay)
+            if replay.empty:
+                summary.finish(replay)
+                break
+        else:
+            yield replay

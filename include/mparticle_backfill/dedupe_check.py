@@ -9,9 +9,10 @@ with the ledger and the number of distinct batches, never with the payloads.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from . import jsonio
+from .accounting import Step, Summary, advance
 from .model import ALREADY_REPLAYED, Replay, ReplayBatch
 from .transform import source_request_id
 
@@ -78,3 +79,13 @@ class DedupeCheck:
                 payload["user_attributes"] = batch.payload["user_attributes"]
         payload["source_request_id"] = source_request_id(identity, payload, self.request_id_salt)
         return ReplayBatch(tuple(keys), payload, len(jsonio.dumps(payload)))
+
+
+def dedupe_step(check: DedupeCheck, summary: Summary) -> Step:
+    """The check as one step of a record's way through the stages."""
+    return lambda replay: check.check(replay, summary.counts)
+
+
+def dedupe_replays(replays: Iterable[Replay], check: DedupeCheck, summary: Summary) -> Iterator[Replay]:
+    """The dedupe_check stage: drop what was replayed before; records with nothing left end here."""
+    return advance(replays, (dedupe_step(check, summary),), summary)

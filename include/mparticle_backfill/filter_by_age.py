@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from .accounting import Step, Summary, advance
 from .errors import InvalidSettings
 from .model import TOO_OLD, Replay
 from .values import exact_int
@@ -87,3 +89,13 @@ def filter_by_age(replay: Replay, cutoff_ms: int, counts: Counter[str]) -> Repla
             replay.trail.append((TOO_OLD, "older_than_window"))
             replay.user_attributes = {}
     return replay
+
+
+def age_step(cutoff_ms: int, summary: Summary) -> Step:
+    """The filter as one step of a record's way through the stages."""
+    return lambda replay: filter_by_age(replay, cutoff_ms, summary.counts)
+
+
+def filter_replays(replays: Iterable[Replay], cutoff_ms: int, summary: Summary) -> Iterator[Replay]:
+    """The filter_by_age stage: drop what is older than the window; records with nothing left end here."""
+    return advance(replays, (age_step(cutoff_ms, summary),), summary)

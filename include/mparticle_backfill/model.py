@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from msgspec import Struct, field
@@ -171,3 +172,6 @@ class DeadLetter(Struct, frozen=True):
             "detail": self.detail,
             "content": self.content,
         }
+
+
+DeadLetterSink = Callable[[DeadLetter], None]

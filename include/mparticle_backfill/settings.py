@@ -10,9 +10,9 @@ from typing import Any
 
 from . import jsonio
 from .errors import InvalidSettings
-from .extract import DATE_FOLDERS, LAYOUTS, PartitionLayout
 from .filter_by_age import DEFAULT_MAX_AGE_DAYS, AgeWindow
 from .fixes import FixRule, compile_rules
+from .partition import DATE_FOLDERS, LAYOUTS, PartitionLayout
 from .select import SelectionSettings
 from .transform import KEEP, OMIT, TransformSettings
 

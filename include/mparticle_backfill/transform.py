@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from . import jsonio, limits
+from .accounting import Step, Summary, advance
 from .errors import FixFailed, InvalidSettings
 from .fixes import FixRule, apply_fixes
-from .model import DEAD_LETTERED, DeadLetter, Replay, ReplayBatch, SelectedEvent
+from .model import DEAD_LETTERED, DeadLetter, DeadLetterSink, Replay, ReplayBatch, SelectedEvent
 from .values import exact_int
 
 KEEP = "keep"
@@ -291,3 +292,15 @@ def _split(
         else:
             reject(INVALID_USER_ATTRIBUTES, f"{chunk_size} bytes of user attributes: too large", chunk, 0)
     return built
+
+
+def transform_step(settings: TransformSettings, summary: Summary, dead_letter: DeadLetterSink) -> Step:
+    """The transform as one step of a record's way through the stages."""
+    return lambda replay: transform(replay, settings, summary.counts, dead_letter)
+
+
+def transform_replays(
+    replays: Iterable[Replay], settings: TransformSettings, summary: Summary, dead_letter: DeadLetterSink
+) -> Iterator[Replay]:
+    """The transform stage: build replay batches; records with no valid batch end here."""
+    return advance(replays, (transform_step(settings, summary, dead_letter),), summary)

@@ -78,7 +78,7 @@ def s3(moto_server):
 
 @pytest.fixture
 def emulator():
-    from include.mparticle_backfill.emulator import EventsApiEmulator
+    from tools.emulator import EventsApiEmulator
 
     with EventsApiEmulator(API_KEY, API_SECRET) as server:
         yield server

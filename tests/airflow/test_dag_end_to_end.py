@@ -81,7 +81,7 @@ def report(s3, run) -> dict:
 
 
 def run_key_of(run) -> str:
-    from include.mparticle_backfill.settings import run_key
+    from mparticle_backfill.settings import run_key
 
     return run_key(run.run_id)
 
@@ -204,7 +204,7 @@ def test_invalid_settings_fail_the_run_naming_the_setting(airflow_db, s3, connec
 def test_plan_partition_names_the_bad_setting():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.mparticle_backfill.airflow_layer.stages import plan_partition
+    from mparticle_backfill_airflow.tasks import plan_partition
 
     with pytest.raises(AirflowFailException, match=r"invalid fix rule #1 'bad': unknown step 'explode'"):
         plan_partition(
@@ -213,7 +213,7 @@ def test_plan_partition_names_the_bad_setting():
             run_id="manual__x",
             data_interval_start=None,
             run_after=None,
-            store=None,
+            s3=None,
         )
 
 
@@ -253,7 +253,7 @@ def test_firehose_hourly_layout_then_force_resends(airflow_db, s3, connections):
 
 def test_a_partition_locked_by_another_run_is_not_touched(airflow_db, s3, connections):
     """A manual run during a backfill of the same date stops before reading anything."""
-    from include.mparticle_backfill.partition_lock import LockHolder
+    from mparticle_backfill.partition_lock import LockHolder
 
     seed_partition(s3)
     holder = LockHolder("backfill__2026-11-20", "backfill__2026-11-20T00:00:00+00:00", datetime.now(timezone.utc))

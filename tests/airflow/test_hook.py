@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from include.mparticle_backfill.airflow_layer.hooks import MParticleEventsHook
+from mparticle_backfill_airflow.events_api_hook import MParticleEventsHook
 from tests.airflow.conftest import API_KEY, API_SECRET
 
 
@@ -49,3 +49,26 @@ def test_test_connection_accepts_and_refuses(monkeypatch, emulator):
     set_connection(monkeypatch, host=host, schema="http", port=int(port))
     ok, message = MParticleEventsHook().test_connection()
     assert not ok and "API key and secret" in message
+
+
+def test_the_ui_test_button_of_an_mparticle_connection_runs_our_check(monkeypatch, emulator, airflow_db):
+    """The package registers connection type ``mparticle``: Airflow's own test (the UI's Test button) runs
+    MParticleEventsHook.test_connection, an empty bulk request that checks the key and secret."""
+    from airflow.models.connection import Connection
+
+    host, port = emulator.url.removeprefix("http://").split(":")
+    fields = {"host": host, "schema": "http", "port": int(port), "login": API_KEY}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MPARTICLE_EVENTS_API", json.dumps({"conn_type": "mparticle", "password": API_SECRET, **fields})
+    )
+    connection = Connection.get_connection_from_secrets("mparticle_events_api")
+    assert type(connection.get_hook()) is MParticleEventsHook
+    ok, message = connection.test_connection()
+    assert ok and "API key and secret were accepted" in message, message
+    requests_seen = emulator.state.stats["requests"]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MPARTICLE_EVENTS_API", json.dumps({"conn_type": "mparticle", "password": "nope", **fields})
+    )
+    ok, message = Connection.get_connection_from_secrets("mparticle_events_api").test_connection()
+    assert not ok and "refused" in message and "nope" not in message
+    assert emulator.state.stats["requests"] > requests_seen

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.airflow
 
 
 def test_s3_browser_url():
-    from include.mparticle_backfill.airflow_layer.links import s3_browser_url
+    from mparticle_backfill_airflow.links import s3_browser_url
 
     key = "mparticle/quarantine/_backfill/2026-11-20/reports/scheduled__2026-11-21T00_00_00_00_00.md"
     assert s3_browser_url("acme-q", key, "https://s3.us-east-1.amazonaws.com") == (

@@ -17,28 +17,28 @@ LOCK = f"{PREFIX}/_backfill/2026-11-20/lock.json"
 
 @pytest.fixture
 def store(s3, connections):
-    from include.mparticle_backfill.airflow_layer.store import S3Store
+    from mparticle_backfill_airflow.s3_hook import QuarantineS3Hook
 
-    return S3Store()
+    return QuarantineS3Hook()
 
 
 def acquire(store, run_id, now=NOW, **settings):
-    from include.mparticle_backfill.airflow_layer.stages import acquire_partition
-    from include.mparticle_backfill.settings import StatePaths, parse_settings, run_key
+    from mparticle_backfill.settings import StatePaths, parse_settings, run_key
+    from mparticle_backfill_airflow.tasks import acquire_partition
 
     parsed = parse_settings({"bucket": BUCKET, "prefix": PREFIX, **settings})
     acquire_partition(parsed, StatePaths(parsed.state_prefix, DAY, run_key(run_id)), run_id, store, now=now)
 
 
 def holder(s3):
-    from include.mparticle_backfill.partition_lock import LockHolder
+    from mparticle_backfill.partition_lock import LockHolder
 
     return LockHolder.from_bytes(s3.get_object(Bucket=BUCKET, Key=LOCK)["Body"].read())
 
 
 def release(store, run_id, dry_run=False):
-    from include.mparticle_backfill.airflow_layer.stages import release_partition
-    from include.mparticle_backfill.settings import parse_settings, run_key
+    from mparticle_backfill.settings import parse_settings, run_key
+    from mparticle_backfill_airflow.tasks import release_partition
 
     settings = parse_settings({"bucket": BUCKET, "prefix": PREFIX, "dry_run": dry_run}).to_json()
     chunk = {"settings": settings, "partition_date": DAY.isoformat(), "run_key": run_key(run_id)}

@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from scripts.airflow_health import wait_for_api_server
 from tests.airflow.conftest import AIRFLOW_HOME, airflow_cli
 from tests.airflow.test_dag_end_to_end import BUCKET, PREFIX, lines, record
+from tools.airflow_health import wait_for_api_server
 
 pytestmark = pytest.mark.airflow
 DAYS = ["2026-11-17", "2026-11-18", "2026-11-19"]

@@ -7,19 +7,18 @@ from datetime import date
 
 import pytest
 
-from include.mparticle_backfill import jsonio
-from include.mparticle_backfill.extract import (
+from mparticle_backfill import jsonio
+from mparticle_backfill.extract import (
     CORRUPT_GZIP,
     INVALID_BLOCK_METADATA,
     INVALID_JSON,
     NO_BLOCK_METADATA,
     NOT_AN_OBJECT,
     UNKNOWN_DTO_VERSION,
-    PartitionLayout,
     iter_records,
-    upload_date_from_name,
 )
-from include.mparticle_backfill.model import BadRecord, QuarantineRecord
+from mparticle_backfill.model import BadRecord, QuarantineRecord
+from mparticle_backfill.partition import PartitionLayout, upload_date_from_name
 from tests.conftest import ndjson, stream
 
 KEY = "quarantine/2020-09-11/mPTravel_20200911021606900000_12345.txt"

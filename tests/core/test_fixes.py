@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from include.mparticle_backfill.errors import FixRuleError
-from include.mparticle_backfill.fixes import apply_fixes, compile_rules
-from include.mparticle_backfill.model import BLOCKED_EVENT, SelectedEvent
+from mparticle_backfill.errors import FixRuleError
+from mparticle_backfill.fixes import apply_fixes, compile_rules
+from mparticle_backfill.model import BLOCKED_EVENT, SelectedEvent
 
 
 def event(name="sign up", event_type="custom_event", **attributes):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from include.mparticle_backfill.partition_lock import FREE, HELD, OURS, STALE, LockHolder, decide, held_message
+from mparticle_backfill.partition_lock import FREE, HELD, OURS, STALE, LockHolder, decide, held_message
 
 NOW = datetime(2026, 11, 21, 6, tzinfo=timezone.utc)
 TTL = timedelta(hours=12)

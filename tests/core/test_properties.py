@@ -10,14 +10,14 @@ import random
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from include.mparticle_backfill import synthetic
-from include.mparticle_backfill.dedupe_check import DedupeCheck
-from include.mparticle_backfill.extract import CORRUPT_GZIP, GZIP_MAGIC, iter_records
-from include.mparticle_backfill.model import BadRecord, QuarantineRecord
-from include.mparticle_backfill.pipeline import run_local
-from include.mparticle_backfill.select import SelectionSettings
-from include.mparticle_backfill.transform import TransformSettings
+from mparticle_backfill.dedupe_check import DedupeCheck
+from mparticle_backfill.extract import CORRUPT_GZIP, GZIP_MAGIC, iter_records
+from mparticle_backfill.model import BadRecord, QuarantineRecord
+from mparticle_backfill.select import SelectionSettings
+from mparticle_backfill.transform import TransformSettings
 from tests.conftest import REAL_RECORD_TIME_MS, real_record_dict
+from tools import synthetic
+from tools.one_process import run_in_one_process
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -87,7 +87,7 @@ def test_counts_always_reconcile(values, duplicates, junk, options, cutoff_shift
     if compress:
         body = gzip.compress(body)
     dead = []
-    summary = run_local(
+    summary = run_in_one_process(
         [("q/2020-09-11/App_20200911000000000000_00001.txt", io.BytesIO(body))],
         selection=SelectionSettings(*options[:3]),
         cutoff_ms=REAL_RECORD_TIME_MS + cutoff_shift,
@@ -109,7 +109,7 @@ def test_synthetic_partition_reconciles_exactly():
     rng = random.Random(7)
     lines = list(synthetic.partition_lines(rng, REAL_RECORD_TIME_MS, 500, bad_every=50))
     dead = []
-    summary = run_local(
+    summary = run_in_one_process(
         [
             ("a.txt", io.BytesIO(synthetic.object_body(lines[:250], compress=True))),
             ("b.txt", io.BytesIO(synthetic.object_body(lines[250:], compress=False))),
@@ -171,7 +171,7 @@ _ids = st.lists(
 @example({"dto_version": 1, "blocked_event_attributes": [{"event_id": "1", "event_attributes": "x"}]})
 def test_block_metadata_fast_check_and_diagnosis_agree(metadata):
     """The C-level check accepts exactly what the documented shape allows; a refusal always says why."""
-    from include.mparticle_backfill.extract import _block_metadata, _diagnose_block_metadata
+    from mparticle_backfill.extract import _block_metadata, _diagnose_block_metadata
 
     def ok_list(value, item_ok):
         return value is None or (type(value) is list and all(item_ok(item) for item in value))

@@ -9,15 +9,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from include.mparticle_backfill import jsonio, limits
-from include.mparticle_backfill.dedupe_check import DUPLICATE_IN_PARTITION, IN_LEDGER, DedupeCheck
-from include.mparticle_backfill.errors import InvalidSettings
-from include.mparticle_backfill.extract import iter_records
-from include.mparticle_backfill.filter_by_age import AgeWindow, filter_by_age
-from include.mparticle_backfill.model import ALREADY_REPLAYED, DEAD_LETTERED, NOTHING_TO_REPLAY, TOO_OLD, RecordRef
-from include.mparticle_backfill.pack import pack
-from include.mparticle_backfill.select import SelectionSettings, select
-from include.mparticle_backfill.transform import (
+from mparticle_backfill import jsonio, limits
+from mparticle_backfill.dedupe_check import DUPLICATE_IN_PARTITION, IN_LEDGER, DedupeCheck
+from mparticle_backfill.errors import InvalidSettings
+from mparticle_backfill.extract import iter_records
+from mparticle_backfill.filter_by_age import AgeWindow, filter_by_age
+from mparticle_backfill.model import ALREADY_REPLAYED, DEAD_LETTERED, NOTHING_TO_REPLAY, TOO_OLD, RecordRef
+from mparticle_backfill.select import SelectionSettings, select
+from mparticle_backfill.send import pack
+from mparticle_backfill.transform import (
     EVENT_TOO_LARGE,
     INVALID_EVENT,
     NO_RESOLVABLE_IDENTITY,

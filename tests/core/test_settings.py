@@ -6,8 +6,8 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from include.mparticle_backfill.errors import FixRuleError, InvalidSettings
-from include.mparticle_backfill.settings import SETTINGS, parse_settings
+from mparticle_backfill.errors import FixRuleError, InvalidSettings
+from mparticle_backfill.settings import SETTINGS, parse_settings
 
 BASE = {"bucket": "acme-quarantine", "prefix": "mparticle/quarantine/"}
 

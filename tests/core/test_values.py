@@ -8,9 +8,9 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from include.mparticle_backfill import jsonio, limits
-from include.mparticle_backfill.transform import _request_id, source_request_id
-from include.mparticle_backfill.values import api_event, exact_int, id_string
+from mparticle_backfill import jsonio, limits
+from mparticle_backfill.transform import _request_id, source_request_id
+from mparticle_backfill.values import api_event, exact_int, id_string
 
 
 def test_exact_int_reads_ints_decimal_strings_and_exact_floats_only():

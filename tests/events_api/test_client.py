@@ -7,13 +7,13 @@ import copy
 import pytest
 import requests
 
-from include.mparticle_backfill import jsonio
-from include.mparticle_backfill.emulator import EventsApiEmulator
-from include.mparticle_backfill.errors import CredentialsRefused, TransientSendError
-from include.mparticle_backfill.events_api import ClientSettings, EventsApiClient
-from include.mparticle_backfill.model import RecordRef, ReplayBatch
-from include.mparticle_backfill.pack import pack
-from include.mparticle_backfill.transform import source_request_id
+from mparticle_backfill import jsonio
+from mparticle_backfill.errors import CredentialsRefused, TransientSendError
+from mparticle_backfill.model import RecordRef, ReplayBatch
+from mparticle_backfill.send import pack
+from mparticle_backfill.transform import source_request_id
+from mparticle_backfill_airflow.events_api_client import ClientSettings, EventsApiClient
+from tools.emulator import EventsApiEmulator
 
 KEY, SECRET = "test-key", "test-secret-value"
 

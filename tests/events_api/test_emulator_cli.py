@@ -1,4 +1,4 @@
-"""The emulator as users start it: python -m include.mparticle_backfill.emulator."""
+"""The emulator as users start it: python -m tools.emulator."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_emulator_command_line_records_accepted_batches(tmp_path):
         port = sock.getsockname()[1]
     record = tmp_path / "received.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "include.mparticle_backfill.emulator", "--port", str(port), "--api-key", "k",
+        [sys.executable, "-m", "tools.emulator", "--port", str(port), "--api-key", "k",
          "--api-secret", "s", "--rate", "500", "--record", str(record)],
         cwd=ROOT,
     )  # fmt: skip

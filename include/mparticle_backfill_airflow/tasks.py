@@ -1,4 +1,5 @@
-"""The bodies of the DAG's tasks: each reads its chunk from S3, runs one core stage, writes its output.
+"""The bodies of the DAG's tasks, one function per task: each reads its chunk from S3, runs one stage of the
+core over it, and writes the stage's output.
 
 Every task gets and returns a small *chunk descriptor* (XCom): the run's settings, partition date,
 state location, the chunk's object keys and the stage's counts. Data never travels through XCom.
@@ -10,21 +11,42 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from .. import jsonio, partition_lock
-from ..accounting import Summary, merge_all
-from ..dedupe_check import DedupeCheck
-from ..errors import InvalidSettings
-from ..model import OUTCOMES
-from ..partition_lock import LockHolder
-from ..pipeline import dedupe_stage, extract_stage, filter_by_age_stage, transform_stage
-from ..settings import BackfillSettings, StatePaths, parse_settings, parse_time, resolve_partition_date, run_key
-from .store import S3Store
+from mparticle_backfill import jsonio, partition_lock
+from mparticle_backfill.accounting import Summary, merge_all
+from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_replays
+from mparticle_backfill.errors import InvalidSettings
+from mparticle_backfill.extract import extract_records
+from mparticle_backfill.filter_by_age import filter_replays
+from mparticle_backfill.model import OUTCOMES
+from mparticle_backfill.partition_lock import LockHolder
+from mparticle_backfill.settings import (
+    BackfillSettings,
+    StatePaths,
+    parse_settings,
+    parse_time,
+    resolve_partition_date,
+    run_key,
+)
+from mparticle_backfill.transform import transform_replays
+
+if TYPE_CHECKING:  # imported when a task runs (boto3), not when the DAG file is parsed
+    from .s3_hook import QuarantineS3Hook
 
 log = logging.getLogger(__name__)
+S3_CONN_ID = "mparticle_quarantine_s3"
+
+
+def quarantine_s3(aws_conn_id: str = S3_CONN_ID) -> QuarantineS3Hook:
+    """The S3 hook, imported here when a task runs: parsing the DAG file never imports boto3."""
+    from .s3_hook import QuarantineS3Hook
+
+    return QuarantineS3Hook(aws_conn_id)
+
+
 MAX_MAP_LENGTH = 1024
 
 
@@ -47,7 +69,7 @@ def plan_partition(
     run_id: str,
     data_interval_start: datetime | None,
     run_after: datetime | None,
-    store: S3Store,
+    s3: QuarantineS3Hook,
 ) -> list[dict[str, Any]]:
     """Validate the settings, resolve the partition date, list its objects, cut them into chunks."""
     try:
@@ -57,7 +79,7 @@ def plan_partition(
     day = resolve_partition_date(settings.partition_date, data_interval_start, run_after)
     reference = settings.reference_time or run_after
     window = settings.age_window(reference)
-    keys, skipped = store.list_partition(settings.bucket, settings.partition_layout, day)
+    keys, skipped = s3.list_partition(settings.bucket, settings.partition_layout, day)
     per_chunk = max(settings.files_per_chunk, math.ceil(len(keys) / MAX_MAP_LENGTH))
     groups = [keys[i : i + per_chunk] for i in range(0, len(keys), per_chunk)] or [[]]
     base = settings.to_json()
@@ -73,7 +95,7 @@ def plan_partition(
     summary.counts["objects_listed"] = len(keys)
     summary.counts["verification_objects_skipped"] = skipped
     if not settings.dry_run:  # a dry run sends nothing and writes no ledger: it needs no lock
-        acquire_partition(settings, StatePaths(settings.state_prefix, day, run_key(run_id)), run_id, store)
+        acquire_partition(settings, StatePaths(settings.state_prefix, day, run_key(run_id)), run_id, s3)
     return [
         {
             "chunk": index,
@@ -90,7 +112,7 @@ def plan_partition(
 
 
 def acquire_partition(
-    settings: BackfillSettings, paths: StatePaths, run_id: str, store: S3Store, now: datetime | None = None
+    settings: BackfillSettings, paths: StatePaths, run_id: str, s3: QuarantineS3Hook, now: datetime | None = None
 ) -> None:
     """Take the partition's lock for this run, or fail the run, naming who holds it.
 
@@ -101,10 +123,10 @@ def acquire_partition(
     bucket, key = settings.state_bucket, paths.lock
     me = LockHolder(paths.run_key, run_id, now)
     for _attempt in range(3):  # another run may create or take the lock between our read and write
-        if store.create_if_absent(bucket, key, me.to_bytes()):
+        if s3.create_if_absent(bucket, key, me.to_bytes()):
             log.info("Lock s3://%s/%s taken for run %s", bucket, key, run_id)
             return
-        found = store.read_object(bucket, key)
+        found = s3.read_object(bucket, key)
         if found is None:
             continue  # released in between: try to create it again
         body, etag = found
@@ -118,7 +140,7 @@ def acquire_partition(
             raise AirflowFailException(
                 partition_lock.held_message(holder, f"s3://{bucket}/{key}", paths.day.isoformat(), ttl)
             )
-        if store.replace_if_unchanged(bucket, key, me.to_bytes(), etag):
+        if s3.replace_if_unchanged(bucket, key, me.to_bytes(), etag):
             log.warning(
                 "Lock s3://%s/%s taken over from %s (acquired %s, older than %d h)",
                 bucket, key, holder.run_id if holder else "an unreadable lock",
@@ -128,47 +150,47 @@ def acquire_partition(
     raise AirflowFailException(f"Could not take the lock s3://{bucket}/{key}: other runs keep changing it")
 
 
-def release_partition(chunks: Iterable[Mapping[str, Any]], store: S3Store) -> bool:
+def release_partition(chunks: Iterable[Mapping[str, Any]], s3: QuarantineS3Hook) -> bool:
     """Remove the partition's lock if this run holds it (the DAG's teardown); True if it was removed."""
     first = next(iter(chunks), None)
     if first is None or first["settings"].get("dry_run"):
         return False
     settings, paths = settings_of(first), paths_of(first)
-    found = store.read_object(settings.state_bucket, paths.lock)
+    found = s3.read_object(settings.state_bucket, paths.lock)
     holder = LockHolder.from_bytes(found[0]) if found else None
     if holder is None or holder.run_key != paths.run_key:
         log.warning("Lock s3://%s/%s is not held by this run: left as it is", settings.state_bucket, paths.lock)
         return False
-    store.delete(settings.state_bucket, paths.lock)
+    s3.delete(settings.state_bucket, paths.lock)
     log.info("Lock s3://%s/%s released", settings.state_bucket, paths.lock)
     return True
 
 
-def extract_chunk(chunk: Mapping[str, Any], store: S3Store) -> dict[str, Any]:
+def extract(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
     """Read the chunk's quarantine objects; keep what to replay; dead-letter bad lines."""
     settings, paths = settings_of(chunk), paths_of(chunk)
     summary = Summary()
-    objects = ((key, store.object_stream(settings.bucket, key)) for key in chunk["keys"])
+    objects = ((key, s3.object_stream(settings.bucket, key)) for key in chunk["keys"])
     bucket = settings.state_bucket
     with (
-        store.writer(bucket, paths.stage_output("extract", chunk["chunk"]), compress=True) as out,
-        store.writer(bucket, paths.dead_letters("extract", chunk["chunk"]), upload_empty=False) as dead,
+        s3.stage_file(bucket, paths.stage_output("extract", chunk["chunk"]), compress=True) as out,
+        s3.stage_file(bucket, paths.dead_letters("extract", chunk["chunk"]), upload_empty=False) as dead,
     ):
-        for replay in extract_stage(objects, settings.selection, summary, dead.write_dead_letter):
+        for replay in extract_records(objects, settings.selection, summary, dead.write_dead_letter):
             out.write_replay(replay)
     log.info("extract chunk %d/%d\n%s", chunk["chunk"] + 1, chunk["chunks"], summary.render("extract"))
     return _next(chunk, "extract", summary)
 
 
-def filter_chunk(chunk: Mapping[str, Any], store: S3Store) -> dict[str, Any]:
+def filter_by_age(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
     """Drop what is older than the replay window."""
     settings, paths = settings_of(chunk), paths_of(chunk)
     window = settings.age_window(parse_time("reference_time", chunk["settings"]["reference_time"]))
     summary = Summary()
     bucket = settings.state_bucket
-    replays = store.read_replays(bucket, paths.stage_output("extract", chunk["chunk"]))
-    with store.writer(bucket, paths.stage_output("filter_by_age", chunk["chunk"]), compress=True) as out:
-        for replay in filter_by_age_stage(replays, window.cutoff_ms, summary):
+    replays = s3.read_replays(bucket, paths.stage_output("extract", chunk["chunk"]))
+    with s3.stage_file(bucket, paths.stage_output("filter_by_age", chunk["chunk"]), compress=True) as out:
+        for replay in filter_replays(replays, window.cutoff_ms, summary):
             out.write_replay(replay)
     log.info(
         "filter_by_age chunk %d/%d: window %d days before %s\n%s",
@@ -183,37 +205,37 @@ def request_id_salt(chunk: Mapping[str, Any]) -> str:
     return chunk["run_key"] if chunk["settings"].get("force") else ""
 
 
-def transform_chunk(chunk: Mapping[str, Any], store: S3Store) -> dict[str, Any]:
+def transform(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
     """Apply fix rules and build valid replay batches; dead-letter what cannot be valid."""
     settings, paths = settings_of(chunk), paths_of(chunk)
     summary = Summary()
     bucket = settings.state_bucket
-    replays = store.read_replays(bucket, paths.stage_output("filter_by_age", chunk["chunk"]))
+    replays = s3.read_replays(bucket, paths.stage_output("filter_by_age", chunk["chunk"]))
     with (
-        store.writer(bucket, paths.stage_output("transform", chunk["chunk"]), compress=True) as out,
-        store.writer(bucket, paths.dead_letters("transform", chunk["chunk"]), upload_empty=False) as dead,
+        s3.stage_file(bucket, paths.stage_output("transform", chunk["chunk"]), compress=True) as out,
+        s3.stage_file(bucket, paths.dead_letters("transform", chunk["chunk"]), upload_empty=False) as dead,
     ):
         transform_settings = settings.transform_settings(request_id_salt(chunk))
-        for replay in transform_stage(replays, transform_settings, summary, dead.write_dead_letter):
+        for replay in transform_replays(replays, transform_settings, summary, dead.write_dead_letter):
             out.write_replay(replay)
     log.info("transform chunk %d/%d\n%s", chunk["chunk"] + 1, chunk["chunks"], summary.render("transform"))
     return _next(chunk, "transform", summary)
 
 
-def dedupe_partition(chunks: Iterable[Mapping[str, Any]], store: S3Store) -> list[dict[str, Any]]:
+def dedupe_check(chunks: Iterable[Mapping[str, Any]], s3: QuarantineS3Hook) -> list[dict[str, Any]]:
     """One pass over the whole partition: drop keys in the ledger and batches seen twice."""
     chunks = sorted(chunks, key=lambda c: c["chunk"])
     settings, paths = settings_of(chunks[0]), paths_of(chunks[0])
     bucket = settings.state_bucket
-    ledger = store.read_ledger(bucket, paths.ledger_prefix)
+    ledger = s3.read_ledger(bucket, paths.ledger_prefix)
     check = DedupeCheck(ledger, force=settings.force, request_id_salt=request_id_salt(chunks[0]))
     results = []
     total = Summary()
     for chunk in chunks:
         summary = Summary()
-        replays = store.read_replays(bucket, paths.stage_output("transform", chunk["chunk"]))
-        with store.writer(bucket, paths.stage_output("dedupe_check", chunk["chunk"]), compress=True) as out:
-            for replay in dedupe_stage(replays, check, summary):
+        replays = s3.read_replays(bucket, paths.stage_output("transform", chunk["chunk"]))
+        with s3.stage_file(bucket, paths.stage_output("dedupe_check", chunk["chunk"]), compress=True) as out:
+            for replay in dedupe_replays(replays, check, summary):
                 out.write_replay(replay)
         total.merge(summary)
         results.append(_next(chunk, "dedupe_check", summary))
@@ -224,13 +246,15 @@ def dedupe_partition(chunks: Iterable[Mapping[str, Any]], store: S3Store) -> lis
     return results
 
 
-def build_report(stage_outputs: Iterable[Iterable[Mapping[str, Any]]], store: S3Store) -> dict[str, Any]:
+def report(stage_outputs: Iterable[Iterable[Mapping[str, Any]]], s3: QuarantineS3Hook) -> dict[str, Any]:
     """Add every stage's counts up, check they reconcile, write the report (JSON and Markdown) to S3."""
     outputs = [chunk for stage in stage_outputs for chunk in stage]
     first = outputs[0]
     settings, paths = settings_of(first), paths_of(first)
     total = merge_all(Summary.from_json(chunk["summary"]) for chunk in outputs)
-    dead_letters = sorted(store.list_keys(settings.state_bucket, f"{paths.partition}/dead_letters/{paths.run_key}/"))
+    dead_letters = sorted(
+        s3.list_keys(bucket_name=settings.state_bucket, prefix=f"{paths.partition}/dead_letters/{paths.run_key}/")
+    )
     title = f"mParticle quarantine backfill {paths.day.isoformat()}" + (" (DRY RUN)" if settings.dry_run else "")
     report = {
         "partition_date": paths.day.isoformat(),
@@ -248,8 +272,8 @@ def build_report(stage_outputs: Iterable[Iterable[Mapping[str, Any]]], store: S3
     markdown = total.render_markdown(title)
     if dead_letters:
         markdown += "\n## Dead letters\n\n" + "\n".join(f"- `{uri}`" for uri in report["dead_letters"]) + "\n"
-    store.put_bytes(settings.state_bucket, paths.report("json"), jsonio.dumps(report))
-    store.put_bytes(settings.state_bucket, paths.report("md"), markdown.encode(), "text/markdown")
+    s3.put_bytes(settings.state_bucket, paths.report("json"), jsonio.dumps(report))
+    s3.put_bytes(settings.state_bucket, paths.report("md"), markdown.encode(), "text/markdown")
     log.info(
         "%s\nReport: s3://%s/%s\nDead letters: %d objects under s3://%s/%s/dead_letters/%s/",
         total.render(title), settings.state_bucket, paths.report("md"), len(dead_letters),

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from ..accounting import Summary
-from ..errors import CredentialsRefused, InvalidSettings
-from ..events_api import RequestResult
-from ..pack import payloads
-from ..pipeline import SendTracker, pack_stage
-from ..settings import StatePaths
-from .hooks import MParticleEventsHook
+from mparticle_backfill.accounting import Summary
+from mparticle_backfill.errors import CredentialsRefused, InvalidSettings
+from mparticle_backfill.send import SendTracker, pack_requests, payloads
+from mparticle_backfill.settings import StatePaths
+
+from . import tasks
 from .links import BackfillReportLink, DeadLettersLink, s3_browser_url
-from .stages import build_report, paths_of, settings_of
-from .store import S3_CONN_ID, S3Store
+
+if TYPE_CHECKING:  # the hooks (boto3, requests) are imported when a task runs, not when the DAG is parsed
+    from .events_api_client import RequestResult
+    from .s3_hook import QuarantineS3Hook
+
+S3_CONN_ID = tasks.S3_CONN_ID
+EVENTS_API_CONN_ID = "mparticle_events_api"
 
 
 class LedgerWriter:
@@ -32,14 +36,14 @@ class LedgerWriter:
 
     def __init__(
         self,
-        store: S3Store,
+        s3: QuarantineS3Hook,
         bucket: str,
         paths: StatePaths,
         chunk: int,
         every_seconds: float = 5.0,
         every_keys: int = 5000,
     ):
-        self.store, self.bucket, self.paths, self.chunk = store, bucket, paths, chunk
+        self.s3, self.bucket, self.paths, self.chunk = s3, bucket, paths, chunk
         self.every_seconds, self.every_keys = every_seconds, every_keys
         self.pending: list[str] = []
         self.sequence = 0
@@ -54,7 +58,7 @@ class LedgerWriter:
     def flush(self) -> None:
         if self.pending:
             body = ("\n".join(self.pending) + "\n").encode()
-            self.store.put_bytes(self.bucket, self.paths.ledger_part(self.chunk, self.sequence), body, "text/plain")
+            self.s3.put_bytes(self.bucket, self.paths.ledger_part(self.chunk, self.sequence), body, "text/plain")
             self.sequence += 1
             self.written += len(self.pending)
             self.pending = []
@@ -81,7 +85,7 @@ class MParticleSendOperator(BaseOperator):
         self,
         *,
         chunk: Mapping[str, Any],
-        mparticle_conn_id: str = MParticleEventsHook.default_conn_name,
+        mparticle_conn_id: str = EVENTS_API_CONN_ID,
         aws_conn_id: str = S3_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -92,18 +96,18 @@ class MParticleSendOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         chunk = self.chunk
-        settings, paths = settings_of(chunk), paths_of(chunk)
-        store = S3Store(self.aws_conn_id)
+        settings, paths = tasks.settings_of(chunk), tasks.paths_of(chunk)
+        s3 = tasks.quarantine_s3(self.aws_conn_id)
         bucket = settings.state_bucket
         summary = Summary()
         index = chunk["chunk"]
-        replays = store.read_replays(bucket, paths.stage_output("dedupe_check", index))
-        ledger = LedgerWriter(store, bucket, paths, index)
-        with store.writer(bucket, paths.dead_letters("send", index), upload_empty=False) as dead:
+        replays = s3.read_replays(bucket, paths.stage_output("dedupe_check", index))
+        ledger = LedgerWriter(s3, bucket, paths, index)
+        with s3.stage_file(bucket, paths.dead_letters("send", index), upload_empty=False) as dead:
             tracker = SendTracker(summary, dead.write_dead_letter)
-            requests_to_send = pack_stage(replays, tracker)
+            requests_to_send = pack_requests(replays, tracker)
             if settings.dry_run:
-                with store.writer(bucket, paths.payloads(index), upload_empty=False) as out:
+                with s3.stage_file(bucket, paths.payloads(index), upload_empty=False) as out:
                     for request in requests_to_send:
                         summary.counts["requests_dry_run"] += 1
                         for payload in payloads(request):
@@ -122,6 +126,8 @@ class MParticleSendOperator(BaseOperator):
         return {**chunk, "stage": "send", "summary": summary.to_json()}
 
     def _send(self, requests_to_send: Any, tracker: SendTracker, ledger: LedgerWriter, summary: Summary) -> None:
+        from .events_api_hook import MParticleEventsHook
+
         hook = MParticleEventsHook(self.mparticle_conn_id)
 
         def record(result: RequestResult) -> None:
@@ -169,12 +175,12 @@ class MParticleReportOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         outputs = [list(stage) for stage in self.stage_outputs]
-        store = S3Store(self.aws_conn_id)
+        s3 = tasks.quarantine_s3(self.aws_conn_id)
         first = outputs[0][0]
-        settings, paths = settings_of(first), paths_of(first)
-        endpoint = store.client.meta.endpoint_url
+        settings, paths = tasks.settings_of(first), tasks.paths_of(first)
+        endpoint = s3.conn.meta.endpoint_url
         self.report_url = s3_browser_url(settings.state_bucket, paths.report("md"), endpoint)
         self.dead_letters_url = s3_browser_url(
             settings.state_bucket, f"{paths.partition}/dead_letters/{paths.run_key}/", endpoint
         )
-        return build_report(outputs, store)
+        return tasks.report(outputs, s3)

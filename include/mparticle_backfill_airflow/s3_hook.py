@@ -1,4 +1,4 @@
-"""S3 access for the stages: list a partition, stream objects, write and read stage files and the ledger."""
+"""QuarantineS3Hook: the quarantine bucket and the backfill's own state, in the stages' own verbs."""
 
 from __future__ import annotations
 
@@ -12,53 +12,44 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from botocore.exceptions import ClientError
 
-from .. import jsonio
-from ..extract import PartitionLayout, is_verification_object, open_object
-from ..model import DeadLetter, Replay
+from mparticle_backfill import jsonio
+from mparticle_backfill.extract import open_object
+from mparticle_backfill.model import DeadLetter, Replay
+from mparticle_backfill.partition import PartitionLayout, is_verification_object
 
-S3_CONN_ID = "mparticle_quarantine_s3"
+S3_CONN_ID = "mparticle_quarantine_s3"  # the default connection (also in tasks.S3_CONN_ID)
 
 
-class S3Store:
-    """One S3 client (from the ``aws`` connection, whose extra may carry ``endpoint_url``) and the verbs the
-    stages need. Files are streamed: nothing here holds a whole object in memory.
+class QuarantineS3Hook(S3Hook):
+    """S3 for the backfill: list a partition, stream an object, write and read stage files, the ledger
+    and the partition lock. Objects are streamed: nothing here holds a whole object in memory.
 
-    :param aws_conn_id: the Airflow connection of the quarantine (and state) buckets.
+    Uses an ``aws`` connection (default id ``mparticle_quarantine_s3``) whose extra may carry
+    ``endpoint_url`` (MinIO, a local moto server) and everything else :class:`S3Hook` understands
+    (region, role, server-side encryption for what the backfill writes).
+
+    :param aws_conn_id: the connection of the quarantine (and state) buckets.
     """
 
-    def __init__(self, aws_conn_id: str = S3_CONN_ID) -> None:
-        self.aws_conn_id = aws_conn_id
-        self._client: Any = None
+    hook_name = "mParticle quarantine S3"
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
-        return self._client
+    def __init__(self, aws_conn_id: str | None = S3_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(aws_conn_id=aws_conn_id, **kwargs)
 
     def list_partition(self, bucket: str, layout: PartitionLayout, day: date) -> tuple[list[str], int]:
         """Keys of the partition's quarantine objects (sorted), and how many verification objects were skipped."""
         keys: list[str] = []
         skipped = 0
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=layout.listing_prefix(day)):
-            for item in page.get("Contents", ()):
-                key = item["Key"]
-                if is_verification_object(key):
-                    skipped += 1
-                elif layout.belongs(key, day):
-                    keys.append(key)
+        for key in self.list_keys(bucket_name=bucket, prefix=layout.listing_prefix(day)):
+            if is_verification_object(key):
+                skipped += 1
+            elif layout.belongs(key, day):
+                keys.append(key)
         return sorted(keys), skipped
 
     def object_stream(self, bucket: str, key: str) -> Any:
         """The object's body as a stream (botocore StreamingBody)."""
-        return self.client.get_object(Bucket=bucket, Key=key)["Body"]
-
-    def list_keys(self, bucket: str, prefix: str) -> Iterator[str]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", ()):
-                yield item["Key"]
+        return self.conn.get_object(Bucket=bucket, Key=key)["Body"]
 
     def read_lines(self, bucket: str, key: str) -> Iterator[bytes]:
         """Non-empty lines of an object (gzip or plain)."""
@@ -69,23 +60,29 @@ class S3Store:
                 yield line
 
     def read_replays(self, bucket: str, key: str) -> Iterator[Replay]:
+        """The replays in a stage file."""
         for line in self.read_lines(bucket, key):
             yield Replay.from_json(jsonio.loads(line))
 
     def read_ledger(self, bucket: str, prefix: str) -> set[str]:
         """Every replay key the API accepted for a partition, from all ledger parts."""
         keys: set[str] = set()
-        for key in self.list_keys(bucket, prefix):
+        for key in self.list_keys(bucket_name=bucket, prefix=prefix):
             keys.update(line.decode() for line in self.read_lines(bucket, key))
         return keys
 
     def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str = "application/json") -> None:
-        self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+        """Write a small object (report, ledger part), replacing any object of that key.
+
+        Like :meth:`S3Hook.load_bytes`, with the connection's upload arguments (e.g. server-side
+        encryption), and a content type so that a browser opens a report as text.
+        """
+        self.conn.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **self.extra_args)
 
     def create_if_absent(self, bucket: str, key: str, body: bytes) -> bool:
         """Write the object only if no object has that key (S3 conditional write); False if one exists."""
         try:
-            self.client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            self.conn.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         except ClientError as error:
             if _status(error) in (409, 412):  # 412 Precondition Failed; 409 a concurrent conditional write
                 return False
@@ -95,7 +92,7 @@ class S3Store:
     def replace_if_unchanged(self, bucket: str, key: str, body: bytes, etag: str) -> bool:
         """Overwrite the object only if it is still the version ``etag`` names; False if it changed."""
         try:
-            self.client.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=etag)
+            self.conn.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=etag)
         except ClientError as error:
             if _status(error) in (404, 409, 412):
                 return False
@@ -105,29 +102,42 @@ class S3Store:
     def read_object(self, bucket: str, key: str) -> tuple[bytes, str] | None:
         """An object's content and ETag, or None if there is no such object."""
         try:
-            response = self.client.get_object(Bucket=bucket, Key=key)
+            response = self.conn.get_object(Bucket=bucket, Key=key)
         except ClientError as error:
             if _status(error) == 404:
                 return None
             raise
         return response["Body"].read(), response["ETag"]
 
-    def delete(self, bucket: str, key: str) -> None:
-        self.client.delete_object(Bucket=bucket, Key=key)
+    def delete_if_unchanged(self, bucket: str, key: str, etag: str) -> bool:
+        """Delete the object only if it is still the version ``etag`` names; False if it changed or is gone."""
+        try:
+            self.conn.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+        except ClientError as error:
+            if _status(error) in (404, 409, 412):
+                return False
+            raise
+        return True
 
-    def writer(self, bucket: str, key: str, *, compress: bool = False, upload_empty: bool = True) -> NdjsonWriter:
-        return NdjsonWriter(self, bucket, key, compress=compress, upload_empty=upload_empty)
+    def delete(self, bucket: str, key: str) -> None:
+        self.delete_objects(bucket, [key])
+
+    def stage_file(
+        self, bucket: str, key: str, *, compress: bool = False, upload_empty: bool = True
+    ) -> StageFileWriter:
+        """A writer of NDJSON (replays, dead letters, payloads) uploaded to ``key`` when it closes."""
+        return StageFileWriter(self, bucket, key, compress=compress, upload_empty=upload_empty)
 
 
 def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
-class NdjsonWriter:
+class StageFileWriter:
     """Writes NDJSON to a local temporary file and uploads it on close: memory stays flat."""
 
-    def __init__(self, store: S3Store, bucket: str, key: str, *, compress: bool, upload_empty: bool) -> None:
-        self.store, self.bucket, self.key = store, bucket, key
+    def __init__(self, hook: QuarantineS3Hook, bucket: str, key: str, *, compress: bool, upload_empty: bool) -> None:
+        self.hook, self.bucket, self.key = hook, bucket, key
         self.upload_empty = upload_empty
         self.lines = 0
         handle, self._path = tempfile.mkstemp(suffix=".ndjson")
@@ -152,13 +162,13 @@ class NdjsonWriter:
             self._raw.close()
         try:
             if self.lines or self.upload_empty:
-                self.store.client.upload_file(self._path, self.bucket, self.key)
+                self.hook.load_file(self._path, self.key, bucket_name=self.bucket, replace=True)
                 return self.key
             return None
         finally:
             os.unlink(self._path)
 
-    def __enter__(self) -> NdjsonWriter:
+    def __enter__(self) -> StageFileWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,6 @@ every replay batch carries a deterministic ``source_request_id``: mParticle drop
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,10 +14,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import requests
+import tenacity
 from requests.adapters import HTTPAdapter
 
-from .errors import CredentialsRefused, InvalidSettings, TransientSendError
-from .pack import BulkRequest, OutgoingBatch, request_body
+from mparticle_backfill.errors import CredentialsRefused, InvalidSettings, TransientSendError
+from mparticle_backfill.send import BulkRequest, OutgoingBatch, request_body
 
 log = logging.getLogger("mparticle_backfill.events_api")
 
@@ -135,11 +135,10 @@ class EventsApiClient:
         self.url = settings.base_url.rstrip("/").removesuffix("/v2") + BULK_PATH
         self.pacer = Pacer(settings.batches_per_second)
         self._stop = threading.Event()
-        self._session = session or self._new_session()
-        self._random = random.Random()
+        self._session = self._prepare(session or requests.Session())
 
-    def _new_session(self) -> requests.Session:
-        session = requests.Session()
+    def _prepare(self, session: requests.Session) -> requests.Session:
+        """Basic auth, JSON headers, and a connection pool as large as the number of workers (retries are ours)."""
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.settings.max_workers, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
@@ -213,55 +212,86 @@ class EventsApiClient:
             self._send_part(batches[:middle], result)
             self._send_part(batches[middle:], result)
 
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.settings.max_backoff_seconds, self.settings.backoff_seconds * 2**attempt)
-        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
-
     def _post(self, body: bytes, batches: int, result: RequestResult | None = None) -> tuple[int, str]:
-        """POST with pacing and retries; returns (202 or 400, message)."""
-        result = result or RequestResult()
-        timeout = self.settings.timeout_seconds
-        last_problem = ""
-        for attempt in range(self.settings.max_retries + 1):
-            if self._stop.is_set():
-                raise _Stopped
-            if attempt:
-                result.retries += 1
-            self.pacer.acquire(batches, self._stop)
-            result.http_requests += 1
-            try:
-                response = self._session.post(self.url, data=body, timeout=(timeout, timeout))
-            except (requests.ConnectionError, requests.Timeout) as error:
-                last_problem = f"{type(error).__name__}"
-                self._stop.wait(self._backoff(attempt))
-                continue
-            status = response.status_code
-            if status in (401, 403):
-                self._stop.set()
-                raise CredentialsRefused(
-                    f"the Events API refused the API key and secret (HTTP {status}); check the connection's "
-                    "login (API key) and password (secret) for this input"
-                )
-            if status in (200, 202):
-                used = response.headers.get(RATE_HEADER)
-                self.pacer.observe(float(used) if used and used.replace(".", "", 1).isdigit() else None)
-                return 202, ""
-            if status == 400:
-                return 400, _error_message(response)
-            if status == 429:
-                result.throttled += 1
-                self.pacer.observe(None, throttled=True)
-                retry_after = response.headers.get("Retry-After", "")
-                delay = float(retry_after) if retry_after.isdigit() else self._backoff(attempt)
-                last_problem = "HTTP 429"
-                self._stop.wait(min(delay, self.settings.max_backoff_seconds))
-                continue
-            last_problem = f"HTTP {status}"
-            self._stop.wait(self._backoff(attempt))
-        raise TransientSendError(
-            f"the Events API did not accept a request of {batches} batches after "
-            f"{self.settings.max_retries + 1} attempts (last: {last_problem})"
+        """POST with pacing and retries (tenacity); returns (202 or 400, message)."""
+        result = result if result is not None else RequestResult()
+        settings = self.settings
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(settings.max_retries + 1),
+            wait=_RetryAfterOr(
+                tenacity.wait_random_exponential(multiplier=settings.backoff_seconds, max=settings.max_backoff_seconds),
+                settings.max_backoff_seconds,
+            ),
+            retry=tenacity.retry_if_exception_type(_Retryable),
+            sleep=self._stop.wait,  # a failure elsewhere ends the wait at once
+            before_sleep=lambda _: _count_retry(result),
+            reraise=True,
         )
+        try:
+            return retrying(self._attempt, body, batches, result)
+        except _Retryable as last:
+            raise TransientSendError(
+                f"the Events API did not accept a request of {batches} batches after "
+                f"{settings.max_retries + 1} attempts (last: {last.problem})"
+            ) from None
+
+    def _attempt(self, body: bytes, batches: int, result: RequestResult) -> tuple[int, str]:
+        """One paced POST: (202, "") or (400, message); raises :class:`_Retryable` for what a retry may fix."""
+        if self._stop.is_set():
+            raise _Stopped
+        self.pacer.acquire(batches, self._stop)
+        result.http_requests += 1
+        timeout = self.settings.timeout_seconds
+        try:
+            response = self._session.post(self.url, data=body, timeout=(timeout, timeout))
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise _Retryable(type(error).__name__) from None
+        status = response.status_code
+        if status in (401, 403):
+            self._stop.set()
+            raise CredentialsRefused(
+                f"the Events API refused the API key and secret (HTTP {status}); check the connection's "
+                "login (API key) and password (secret) for this input"
+            )
+        if status in (200, 202):
+            used = response.headers.get(RATE_HEADER)
+            self.pacer.observe(float(used) if used and used.replace(".", "", 1).isdigit() else None)
+            return 202, ""
+        if status == 400:
+            return 400, _error_message(response)
+        if status == 429:
+            result.throttled += 1
+            self.pacer.observe(None, throttled=True)
+            retry_after = response.headers.get("Retry-After", "")
+            raise _Retryable("HTTP 429", float(retry_after) if retry_after.isdigit() else None)
+        raise _Retryable(f"HTTP {status}")
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way a retry may fix; ``retry_after`` is the server's wish, in seconds."""
+
+    def __init__(self, problem: str, retry_after: float | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.retry_after = retry_after
+
+
+class _RetryAfterOr(tenacity.wait.wait_base):
+    """Wait what ``Retry-After`` asks (capped), else exponential backoff with full jitter."""
+
+    def __init__(self, backoff: tenacity.wait.wait_base, cap: float) -> None:
+        self.backoff = backoff
+        self.cap = cap
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, _Retryable) and error.retry_after is not None:
+            return min(error.retry_after, self.cap)
+        return self.backoff(retry_state)
+
+
+def _count_retry(result: RequestResult) -> None:
+    result.retries += 1
 
 
 def _error_message(response: requests.Response) -> str:

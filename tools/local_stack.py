@@ -20,12 +20,11 @@ from pathlib import Path
 import boto3
 from moto.server import ThreadedMotoServer
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tools import synthetic
+from tools.airflow_health import wait_for_api_server
+from tools.emulator import EventsApiEmulator
 
-from include.mparticle_backfill import synthetic  # noqa: E402
-from include.mparticle_backfill.emulator import EventsApiEmulator  # noqa: E402
-from scripts.airflow_health import wait_for_api_server  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LOCAL = ROOT / ".local"
 PID_FILE = LOCAL / "run.pid"
@@ -80,7 +79,6 @@ def main() -> None:
         "AIRFLOW__API__PORT": str(WEB_PORT),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{WEB_PORT}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # local only: no login on 127.0.0.1
-        "PYTHONPATH": str(ROOT),
         # `airflow standalone` starts its parts as `airflow ...`: the venv's bin must be on PATH.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "NO_PROXY": "127.0.0.1,localhost",
@@ -103,8 +101,9 @@ def main() -> None:
 
     airflow("db", "migrate")
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "load_airflow_settings.py"), str(ROOT / "airflow_settings.yaml")],
+        [sys.executable, "-m", "tools.load_airflow_settings", str(ROOT / "airflow_settings.yaml")],
         env=env,
+        cwd=ROOT,
         check=True,
     )
     airflow("dags", "reserialize")

@@ -6,8 +6,8 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from ..extract import LAYOUTS
-from ..settings import SETTINGS
+from mparticle_backfill.partition import LAYOUTS
+from mparticle_backfill.settings import SETTINGS
 
 _TYPES: dict[str, dict[str, Any]] = {
     "bucket": {"type": ["null", "string"]},

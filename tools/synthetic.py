@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import date, datetime, timezone
 from typing import Any
 
-from . import jsonio
+import msgspec
 
 APP_NAME = "mPTravel"
 _EVENT_NAMES = ("search flights", "view hotel", "add to trip", "checkout", "sign up", "rate trip")
@@ -105,7 +105,7 @@ def partition_lines(
         record = quarantine_record(
             rng, day_ms + rng.randrange(86_400_000), events=rng.randint(1, max_events), attributes=rng.randint(0, 8)
         )
-        yield jsonio.dumps(record)
+        yield msgspec.json.encode(record)
 
 
 def object_body(lines: list[bytes], *, compress: bool) -> bytes:

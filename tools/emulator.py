@@ -8,7 +8,7 @@ It drops a repeated ``source_request_id`` as mParticle does, and it can inject f
 slow answers, dropped connections. Every accepted batch is kept (and appended to a JSONL file with
 ``--record``); ``GET /_emulator/stats`` and ``GET /_emulator/batches`` let tests look inside.
 
-Run: ``python -m include.mparticle_backfill.emulator --port 8089 --api-key K --api-secret S``
+Run: ``python -m tools.emulator --port 8089 --api-key K --api-secret S``
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import jsonio, limits
+from mparticle_backfill import jsonio, limits
 
 log = logging.getLogger("mparticle_backfill.emulator")
 
