@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -79,11 +80,7 @@ def _request_id(identity: str, salt: str, encoded: bytes) -> str:
     hasher = hashlib.sha256(identity.encode())
     hasher.update(b"\0" + salt.encode() + b"\0")
     hasher.update(encoded)
-    digest = bytearray(hasher.digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    return str(uuid.UUID(bytes=hasher.digest()[:16], version=5))  # sets the version and variant bits
 
 
 def _with_request_id(encoded: bytes, request_id: str) -> bytes:
