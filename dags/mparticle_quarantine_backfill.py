@@ -71,6 +71,8 @@ def mparticle_quarantine_backfill() -> None:
             data_interval_start=context.get("data_interval_start"),
             run_after=dag_run.run_after,
             s3=tasks.quarantine_s3(),
+            dag_id=dag_run.dag_id,
+            run_state=context["ti"].get_dagrun_state,  # a lock whose run is alive is never taken over
         )
 
     @task

@@ -1,6 +1,7 @@
 """Every stage of the replay engine in one process, without Airflow and without sending.
 
-For the benchmark and the property tests: the same stage steps the DAG's tasks run, chained per record.
+For the benchmark and the property tests: the same stage steps the DAG's tasks run, chained per record
+(:func:`run_in_one_process`), or stage by stage through stage files as the DAG runs them (:func:`run_staged`).
 """
 
 from __future__ import annotations
@@ -8,14 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from mparticle_backfill import jsonio
 from mparticle_backfill.accounting import Summary, advance
-from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_step
+from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_replays, dedupe_step
 from mparticle_backfill.extract import extract_records
-from mparticle_backfill.filter_by_age import age_step
-from mparticle_backfill.model import DeadLetterSink
+from mparticle_backfill.filter_by_age import age_step, filter_replays
+from mparticle_backfill.model import DeadLetterSink, Replay
 from mparticle_backfill.select import SelectionSettings
-from mparticle_backfill.send import BulkRequest, SendTracker, pack_requests
-from mparticle_backfill.transform import TransformSettings, transform_step
+from mparticle_backfill.send import BulkRequest, OutgoingBatch, SendTracker, pack_requests, skip_accepted
+from mparticle_backfill.transform import TransformSettings, transform_replays, transform_step
 
 
 def run_in_one_process(
@@ -45,4 +47,75 @@ def run_in_one_process(
             on_request(request)
         for batch in request.batches:
             tracker.accepted(batch, "dry_run")
+    return summary
+
+
+def _through_stage_file(replays: Iterable[Replay]) -> list[Replay]:
+    """What a stage file does to replays between two tasks: encode as NDJSON, decode again."""
+    lines = b"".join(jsonio.dumps(replay.to_json()) + b"\n" for replay in replays)
+    return [Replay.from_json(jsonio.loads(line)) for line in lines.splitlines() if line]
+
+
+def run_staged(
+    chunks: Iterable[Iterable[tuple[str, Any]]],
+    *,
+    selection: SelectionSettings,
+    cutoff_ms: int,
+    transform_settings: TransformSettings,
+    ledger: Iterable[str] = (),
+    dead_letter: DeadLetterSink,
+    refuse: Callable[[OutgoingBatch], str | None] = lambda batch: None,
+    crash_after_requests: int | None = None,
+) -> Summary:
+    """The path the DAG runs, in one process: per chunk, every stage's output through a stage file; the
+    dedupe check over all chunks; send with a tracker, where ``refuse`` answers a batch with the API's
+    400 message (or None to accept it). With ``crash_after_requests``, each chunk's send dies after that
+    many requests and is retried the way the send task retries: reading what its first try recorded.
+
+    :return: every stage's summary added up, as the report task adds them.
+    """
+    total = Summary()
+    transformed: list[list[Replay]] = []
+    for objects in chunks:
+        extract_summary, filter_summary, transform_summary = Summary(), Summary(), Summary()
+        extracted = _through_stage_file(extract_records(objects, selection, extract_summary, dead_letter))
+        filtered = _through_stage_file(filter_replays(extracted, cutoff_ms, filter_summary))
+        transformed.append(
+            _through_stage_file(transform_replays(filtered, transform_settings, transform_summary, dead_letter))
+        )
+        total.merge(extract_summary).merge(filter_summary).merge(transform_summary)
+    check = DedupeCheck(ledger)
+    for replays in transformed:
+        dedupe_summary = Summary()
+        deduped = _through_stage_file(dedupe_replays(replays, check, dedupe_summary))
+        total.merge(dedupe_summary).merge(_send(deduped, refuse, crash_after_requests, dead_letter))
+    return total
+
+
+def _send(
+    replays: list[Replay],
+    refuse: Callable[[OutgoingBatch], str | None],
+    crash_after_requests: int | None,
+    dead_letter: DeadLetterSink,
+) -> Summary:
+    recorded: set[str] = set()
+    if crash_after_requests is not None:  # the first try: its summary dies with it, its ledger keys stay
+        tracker = SendTracker(Summary(), lambda letter: None)
+        for number, request in enumerate(pack_requests(_through_stage_file(replays), tracker)):
+            if number >= crash_after_requests:
+                break
+            for batch in request.batches:
+                if refuse(batch) is None:
+                    recorded.update(batch.replay_keys)
+    summary = Summary()
+    tracker = SendTracker(summary, dead_letter)
+    for request in pack_requests(skip_accepted(replays, recorded, summary), tracker):
+        summary.counts["requests"] += 1
+        for batch in request.batches:
+            message = refuse(batch)
+            if message is None:
+                tracker.accepted(batch)
+            else:
+                tracker.rejected(batch, message)
+    assert tracker.waiting == 0
     return summary

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timezone
 from typing import Any
@@ -49,7 +50,7 @@ def _event(rng: random.Random, event_id: int, timestamp_ms: int, attributes: int
             "custom_flags": {},
             "timestamp_unixtime_ms": str(timestamp_ms),
             "event_id": str(event_id),
-            "source_message_id": f"{rng.getrandbits(128):032x}",
+            "source_message_id": str(uuid.UUID(int=rng.getrandbits(128))),
             "custom_attributes": {f"attr_{i}": f"value {rng.randrange(1000)}" for i in range(attributes)},
         },
     }
@@ -75,7 +76,7 @@ def quarantine_record(rng: random.Random, timestamp_ms: int, *, events: int = 3,
     }
     return {
         "events": batch_events,
-        "device_info": {"platform": "iOS", "ios_advertising_id": f"{rng.getrandbits(128):032x}"},
+        "device_info": {"platform": "iOS", "ios_advertising_id": str(uuid.UUID(int=rng.getrandbits(128)))},
         "application_info": {"os": "OutOfBand"},
         "user_attributes": {"$gender": rng.choice("MF"), "$age": str(rng.randrange(18, 80)), "tier": "gold"},
         "deleted_user_attributes": [],

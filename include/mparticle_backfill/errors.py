@@ -40,3 +40,11 @@ class CredentialsRefused(BackfillError):
 
 class TransientSendError(BackfillError):
     """The Events API stayed unavailable (5xx, 429, timeouts) after every retry."""
+
+
+class RequestRefused(BackfillError):
+    """The Events API refused a request in a way no retry can fix (404, 405, 413, 415, 422, ...)."""
+
+
+class TooManyRejections(BackfillError):
+    """The Events API refused more batches than the breaker allows: a configuration problem, not data."""

@@ -56,11 +56,13 @@ def select(record: QuarantineRecord, settings: SelectionSettings, counts: Counte
     restorable = block.blocked_event_attributes
     events: list[SelectedEvent] = []
     blocked = with_blocked_attributes = 0
+    seen: set[str] = set()
     for event in batch.get("events") or ():
         data = event.get("data")
         event_id = id_string(data.get("event_id")) if type(data) is dict else None
         if event_id is None:
             continue
+        seen.add(event_id)
         if event_id in blocked_ids:
             blocked += 1
             if settings.replay_blocked_events:
@@ -77,6 +79,13 @@ def select(record: QuarantineRecord, settings: SelectionSettings, counts: Counte
                 events.append(SelectedEvent(api_event(event), event_id, RESTORED_ATTRIBUTES, present))
     if blocked:
         counts["events_blocked"] += blocked
+    # Block metadata naming events the record does not hold: counted, never silently dropped.
+    missing_ids = len(blocked_ids - seen) if blocked_ids else 0
+    if missing_ids:
+        counts["blocked_event_ids_not_in_record"] += missing_ids
+    missing_attribute_events = len(restorable.keys() - seen) if restorable else 0
+    if missing_attribute_events:
+        counts["blocked_attribute_events_not_in_record"] += missing_attribute_events
     if with_blocked_attributes:
         counts["events_with_blocked_attributes"] += with_blocked_attributes
 
@@ -115,6 +124,8 @@ def _why_nothing(record: QuarantineRecord, settings: SelectionSettings) -> str:
     block = record.block
     if block.blocked_event_ids and not settings.replay_blocked_events:
         return "blocked_events_not_selected"
+    if block.blocked_event_ids and settings.replay_blocked_events:
+        return "blocked_events_not_in_record"  # every blocked id names an event the record lacks
     if block.blocked_event_attributes and not settings.replay_blocked_event_attributes:
         return "event_attributes_not_selected"
     if block.blocked_user_attributes and not settings.replay_blocked_user_attributes:

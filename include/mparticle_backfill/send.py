@@ -6,7 +6,7 @@ The HTTP client and the operator that drive it live in the Airflow package.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,33 @@ class SendTracker:
     @property
     def waiting(self) -> int:
         return len(self._pending)
+
+
+ACCEPTED_BY_EARLIER_TRY = "accepted_by_earlier_try"
+
+
+def skip_accepted(replays: Iterable[Replay], accepted_keys: Set[str], summary: Summary) -> Iterator[Replay]:
+    """Drop the batches whose every replay key the ledger already holds.
+
+    A retried send task reads the ledger first: what an earlier try of this run had accepted is not
+    sent again (it counts as replayed, reason ``accepted_by_earlier_try``). Keys of earlier *runs* were
+    dropped by the dedupe check already, and one run holds the partition's lock at a time, so a key
+    found here was written by this run.
+    """
+    for replay in replays:
+        if accepted_keys:
+            kept = []
+            for batch in replay.batches:
+                if batch.replay_keys and all(key in accepted_keys for key in batch.replay_keys):
+                    summary.counts[f"batches_skipped:{ACCEPTED_BY_EARLIER_TRY}"] += 1
+                    replay.trail.append((REPLAYED, ACCEPTED_BY_EARLIER_TRY))
+                else:
+                    kept.append(batch)
+            replay.batches = kept
+        if replay.empty:
+            summary.finish(replay)
+        else:
+            yield replay
 
 
 def pack_requests(replays: Iterable[Replay], tracker: SendTracker) -> Iterator[BulkRequest]:

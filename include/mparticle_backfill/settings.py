@@ -268,8 +268,15 @@ class StatePaths:
     def ledger_prefix(self) -> str:
         return f"{self.partition}/ledger/"
 
-    def ledger_part(self, chunk: int, sequence: int) -> str:
-        return f"{self.ledger_prefix}{self.run_key}-chunk-{chunk:05d}-{sequence:05d}.txt"
+    @property
+    def ledger_run_prefix(self) -> str:
+        """Where this run's ledger parts are (every try of every send task of the run)."""
+        return f"{self.ledger_prefix}{self.run_key}/"
+
+    def ledger_part(self, chunk: int, attempt: str, sequence: int) -> str:
+        """A ledger part; ``attempt`` names the task try (and a token unique to it), so no try, retry
+        or concurrent zombie of a task can overwrite the parts another one wrote."""
+        return f"{self.ledger_run_prefix}chunk-{chunk:05d}-{attempt}-{sequence:05d}.txt"
 
     def dead_letters(self, stage: str, chunk: int) -> str:
         return f"{self.partition}/dead_letters/{self.run_key}/{stage}-chunk-{chunk:05d}.ndjson"

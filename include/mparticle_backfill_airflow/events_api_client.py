@@ -17,7 +17,13 @@ import requests
 import tenacity
 from requests.adapters import HTTPAdapter
 
-from mparticle_backfill.errors import CredentialsRefused, InvalidSettings, TransientSendError
+from mparticle_backfill.errors import (
+    CredentialsRefused,
+    InvalidSettings,
+    RequestRefused,
+    TooManyRejections,
+    TransientSendError,
+)
 from mparticle_backfill.send import BulkRequest, OutgoingBatch, request_body
 
 log = logging.getLogger("mparticle_backfill.events_api")
@@ -30,6 +36,9 @@ PODS = {
 }
 BULK_PATH = "/v2/bulkevents"
 RATE_HEADER = "X-mp-rate-limit-percentage-used"
+# 4xx answers a retry may fix: request timeout, too many requests. 400 is isolated, 401/403 stop at once,
+# every other 4xx (404, 405, 413, 415, 422, ...) is a configuration error that no retry can fix.
+RETRYABLE_4XX = frozenset({408, 429})
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +50,10 @@ class ClientSettings:
     :param max_workers: concurrent requests.
     :param timeout_seconds: connect and read timeout of one request.
     :param max_retries: retries of one request on 429, 5xx, timeouts and dropped connections.
+    :param breaker_min_batches: batches answered before the rejection breaker may trip.
+    :param breaker_rejection_rate: share of rejected batches (400) past which sending stops: when the
+        API refuses nearly everything (a wrong input type, a plan version typo), narrowing each request
+        down to single batches would cost two requests per batch and dead-letter the whole partition.
     """
 
     base_url: str
@@ -52,6 +65,8 @@ class ClientSettings:
     max_retries: int = 8
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
+    breaker_min_batches: int = 200
+    breaker_rejection_rate: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -75,6 +90,7 @@ class RequestResult:
     http_requests: int = 0
     retries: int = 0
     throttled: int = 0
+    error: BaseException | None = None  # why the request stopped before every batch was answered
 
 
 class _Stopped(Exception):
@@ -135,6 +151,8 @@ class EventsApiClient:
         self.url = settings.base_url.rstrip("/").removesuffix("/v2") + BULK_PATH
         self.pacer = Pacer(settings.batches_per_second)
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._answered = self._rejected = 0
         self._session = self._prepare(session or requests.Session())
 
     def _prepare(self, session: requests.Session) -> requests.Session:
@@ -159,10 +177,13 @@ class EventsApiClient:
         """Send requests with ``max_workers`` in flight; yield each result as it completes.
 
         At most ``2 * max_workers`` requests are held at once, so memory stays flat however many are
-        sent. The first :class:`CredentialsRefused` or :class:`TransientSendError` stops all workers
-        and is raised after the results already received were yielded.
+        sent. The first failure of any worker (refused credentials, a request no retry can fix, retries
+        exhausted, the rejection breaker, or any unexpected exception) stops every worker; it is raised
+        after every result already received was yielded, including the batches that a failed request
+        had already had accepted (while narrowing down a 400), so their keys reach the ledger.
         """
         self._stop.clear()
+        self._answered = self._rejected = 0
         workers = self.settings.max_workers
         pending: set[Future[RequestResult]] = set()
         failure: BaseException | None = None
@@ -171,7 +192,12 @@ class EventsApiClient:
             exhausted = False
             while pending or not exhausted:
                 while not exhausted and failure is None and len(pending) < 2 * workers:
-                    request = next(source, None)
+                    try:
+                        request = next(source, None)
+                    except Exception as error:  # packing failed: stop the workers, keep what they did
+                        failure = error
+                        self._stop.set()
+                        request = None
                     if request is None:
                         exhausted = True
                     else:
@@ -180,37 +206,63 @@ class EventsApiClient:
                     break
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    try:
-                        result = future.result()
-                    except _Stopped:
-                        continue
-                    except (CredentialsRefused, TransientSendError) as error:
-                        failure = failure or error
+                    result = future.result()  # send_batches never raises: errors are in the result
+                    if result.error is not None and not isinstance(result.error, _Stopped):
+                        failure = failure or result.error
                         self._stop.set()
                         exhausted = True
-                        continue
-                    if on_result is not None:
-                        on_result(result)
-                    yield result
+                    if result.accepted or result.rejected or result.http_requests:
+                        if on_result is not None:
+                            on_result(result)
+                        yield result
         if failure is not None:
             raise failure
 
     def send_batches(self, batches: list[OutgoingBatch]) -> RequestResult:
-        """Send one request; on 400, isolate the refused batches by splitting in halves."""
+        """Send one request; on 400, isolate the refused batches by splitting in halves.
+
+        Never raises: an error ends the request and is kept in ``result.error``, with the batches that
+        were answered before it.
+        """
         result = RequestResult()
-        self._send_part(batches, result)
+        try:
+            self._send_part(batches, result)
+        except BaseException as error:
+            result.error = error
+            if not isinstance(error, _Stopped):
+                self._stop.set()  # here, not in the caller: this worker's next request must not start
         return result
 
     def _send_part(self, batches: list[OutgoingBatch], result: RequestResult) -> None:
         status, message = self._post(request_body(batches), len(batches), result)
         if status == 202:
             result.accepted.extend(batches)
+            self._count(len(batches), 0, message)
         elif len(batches) == 1:
             result.rejected.append((batches[0], message))
+            self._count(1, 1, message)
         else:
             middle = len(batches) // 2
             self._send_part(batches[:middle], result)
             self._send_part(batches[middle:], result)
+
+    def _count(self, answered: int, rejected: int, message: str) -> None:
+        """Keep the rejection rate; trip the breaker once enough batches were answered."""
+        settings = self.settings
+        with self._lock:
+            self._answered += answered
+            self._rejected += rejected
+            tripped = (
+                self._answered >= settings.breaker_min_batches
+                and self._rejected > settings.breaker_rejection_rate * self._answered
+            )
+            if tripped and not self._stop.is_set():
+                self._stop.set()
+                raise TooManyRejections(
+                    f"the Events API refused {self._rejected} of the first {self._answered} batches "
+                    f"(over {settings.breaker_rejection_rate:.0%}); nothing more is sent. One refusal: {message}. "
+                    "Check the input (its type, its API key) and the plan_version the replay names."
+                )
 
     def _post(self, body: bytes, batches: int, result: RequestResult | None = None) -> tuple[int, str]:
         """POST with pacing and retries (tenacity); returns (202 or 400, message)."""
@@ -240,6 +292,8 @@ class EventsApiClient:
         if self._stop.is_set():
             raise _Stopped
         self.pacer.acquire(batches, self._stop)
+        if self._stop.is_set():  # stopped while waiting for the pace: send nothing more
+            raise _Stopped
         result.http_requests += 1
         timeout = self.settings.timeout_seconds
         try:
@@ -259,12 +313,19 @@ class EventsApiClient:
             return 202, ""
         if status == 400:
             return 400, _error_message(response)
-        if status == 429:
-            result.throttled += 1
-            self.pacer.observe(None, throttled=True)
-            retry_after = response.headers.get("Retry-After", "")
-            raise _Retryable("HTTP 429", float(retry_after) if retry_after.isdigit() else None)
-        raise _Retryable(f"HTTP {status}")
+        if status in RETRYABLE_4XX or status >= 500:
+            if status == 429:
+                result.throttled += 1
+                self.pacer.observe(None, throttled=True)
+                retry_after = response.headers.get("Retry-After", "")
+                raise _Retryable("HTTP 429", float(retry_after) if retry_after.isdigit() else None)
+            raise _Retryable(f"HTTP {status}")
+        self._stop.set()
+        raise RequestRefused(
+            f"the Events API answered HTTP {status} to POST {self.url}: {_error_message(response)}. "
+            "No retry can fix this: check the connection's host (the pod URL, e.g. "
+            "https://s2s.us1.mparticle.com) and the input it points to"
+        )
 
 
 class _Retryable(Exception):

@@ -8,13 +8,19 @@ from typing import Any
 
 from airflow.providers.http.hooks.http import HttpHook
 
-from mparticle_backfill.errors import BackfillError
+from mparticle_backfill.errors import BackfillError, InvalidSettings
 from mparticle_backfill.send import BulkRequest
 
 from .events_api_client import ClientSettings, EventsApiClient, RequestResult
 
 # Connection extras that tune the client; HttpHook would send any other extra key as an HTTP header.
-CLIENT_EXTRAS = {"batches_per_second": 250.0, "max_workers": 4, "timeout_seconds": 30.0, "max_retries": 8}
+CLIENT_EXTRAS = {
+    "batches_per_second": 250.0,  # for the whole connection: every sender together
+    "senders": 2,  # send tasks that may run at once (the slots of the mparticle_events_api pool)
+    "max_workers": 4,
+    "timeout_seconds": 30.0,
+    "max_retries": 8,
+}
 
 
 class MParticleEventsHook(HttpHook):
@@ -28,8 +34,11 @@ class MParticleEventsHook(HttpHook):
     - **host**: the pod as a whole URL (``https://s2s.us1.mparticle.com``), or a bare host with
       **schema** (default ``https``) and **port**;
     - **login**: the input's API key; **password**: its API secret;
-    - **extra** (all optional): ``batches_per_second`` (default 250), ``max_workers`` (4),
-      ``timeout_seconds`` (30), ``max_retries`` (8), and HttpHook's own keys.
+    - **extra** (all optional): ``batches_per_second`` (default 250: the rate of the whole connection,
+      under mParticle's default limit of 270), ``senders`` (2: how many send tasks may run at once,
+      the slots of the ``mparticle_events_api`` pool; each paces itself at ``batches_per_second /
+      senders``, so together they stay under the limit), ``max_workers`` (4), ``timeout_seconds`` (30),
+      ``max_retries`` (8), and HttpHook's own keys.
 
     :param mparticle_conn_id: the connection id.
     """
@@ -67,11 +76,14 @@ class MParticleEventsHook(HttpHook):
         connection = self.get_connection(self.mparticle_conn_id)
         self._set_base_url(connection)
         extra = {**CLIENT_EXTRAS, **{k: v for k, v in connection.extra_dejson.items() if k in CLIENT_EXTRAS}}
+        senders = int(extra["senders"])
+        if senders < 1:
+            raise InvalidSettings("senders", f"must be at least 1 (the pool's slots), got {senders}")
         return ClientSettings(
             base_url=self.base_url,
             api_key=connection.login or "",
             api_secret=connection.password or "",
-            batches_per_second=float(extra["batches_per_second"]),
+            batches_per_second=float(extra["batches_per_second"]) / senders,
             max_workers=int(extra["max_workers"]),
             timeout_seconds=float(extra["timeout_seconds"]),
             max_retries=int(extra["max_retries"]),

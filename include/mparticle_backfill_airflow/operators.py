@@ -4,15 +4,24 @@ report on the run with links to the report and the dead letters."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from mparticle_backfill.accounting import Summary
-from mparticle_backfill.errors import CredentialsRefused, InvalidSettings
-from mparticle_backfill.send import SendTracker, pack_requests, payloads
+from mparticle_backfill.errors import CredentialsRefused, InvalidSettings, RequestRefused, TooManyRejections
+from mparticle_backfill.model import Replay
+from mparticle_backfill.send import (
+    ACCEPTED_BY_EARLIER_TRY,
+    BulkRequest,
+    SendTracker,
+    pack_requests,
+    payloads,
+    skip_accepted,
+)
 from mparticle_backfill.settings import StatePaths
 
 from . import tasks
@@ -30,8 +39,9 @@ class LedgerWriter:
     """Appends accepted replay keys to the partition's ledger as sends succeed, in small parts.
 
     A part is written every ``every_seconds`` or ``every_keys``, and on close: a crash loses at most
-    the last few seconds of keys, and those batches, resent, are dropped by mParticle
-    (same ``source_request_id``).
+    the last few seconds of keys, and those batches, resent, are dropped by mParticle (same
+    ``source_request_id``). Part names carry the task try and a token of this writer, so a retry
+    never overwrites what an earlier try recorded.
     """
 
     def __init__(
@@ -40,10 +50,11 @@ class LedgerWriter:
         bucket: str,
         paths: StatePaths,
         chunk: int,
+        attempt: str,
         every_seconds: float = 5.0,
         every_keys: int = 5000,
     ):
-        self.s3, self.bucket, self.paths, self.chunk = s3, bucket, paths, chunk
+        self.s3, self.bucket, self.paths, self.chunk, self.attempt = s3, bucket, paths, chunk, attempt
         self.every_seconds, self.every_keys = every_seconds, every_keys
         self.pending: list[str] = []
         self.sequence = 0
@@ -58,7 +69,8 @@ class LedgerWriter:
     def flush(self) -> None:
         if self.pending:
             body = ("\n".join(self.pending) + "\n").encode()
-            self.s3.put_bytes(self.bucket, self.paths.ledger_part(self.chunk, self.sequence), body, "text/plain")
+            key = self.paths.ledger_part(self.chunk, self.attempt, self.sequence)
+            self.s3.put_bytes(self.bucket, key, body, "text/plain")
             self.sequence += 1
             self.written += len(self.pending)
             self.pending = []
@@ -70,12 +82,15 @@ class MParticleSendOperator(BaseOperator):
 
     Batches are packed into bulk requests (at most 100 batches, 256 KB), sent with pacing and retries;
     accepted replay keys go to the partition's ledger as they are accepted; batches the API refuses are
-    dead-lettered with its message. In a dry run nothing is sent: the requests are written to S3.
-    Refused credentials fail the task without retry; transient faults raise so Airflow retries.
+    dead-lettered with its message. A retried try first reads what earlier tries of the run recorded
+    in the ledger and sends only the rest. In a dry run nothing is sent: the requests are written to S3.
+    What no retry can fix (refused credentials, a 404/413/415/422 answer, the rejection breaker) fails
+    the task without retry; transient faults raise so Airflow retries.
 
     :param chunk: the chunk descriptor from ``dedupe_check`` (templated).
     :param mparticle_conn_id: the Events API connection (templated).
     :param aws_conn_id: the S3 connection (templated).
+    :param heartbeat_seconds: how often the partition lock is renewed while sending.
     """
 
     template_fields = ("chunk", "mparticle_conn_id", "aws_conn_id")
@@ -87,22 +102,31 @@ class MParticleSendOperator(BaseOperator):
         chunk: Mapping[str, Any],
         mparticle_conn_id: str = EVENTS_API_CONN_ID,
         aws_conn_id: str = S3_CONN_ID,
+        heartbeat_seconds: float = 60.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.chunk = chunk
         self.mparticle_conn_id = mparticle_conn_id
         self.aws_conn_id = aws_conn_id
+        self.heartbeat_seconds = heartbeat_seconds
 
     def execute(self, context: Context) -> dict[str, Any]:
         chunk = self.chunk
         settings, paths = tasks.settings_of(chunk), tasks.paths_of(chunk)
         s3 = tasks.quarantine_s3(self.aws_conn_id)
+        tasks.heartbeat(chunk, s3)
         bucket = settings.state_bucket
         summary = Summary()
         index = chunk["chunk"]
-        replays = s3.read_replays(bucket, paths.stage_output("dedupe_check", index))
-        ledger = LedgerWriter(s3, bucket, paths, index)
+        replays: Iterable[Replay] = s3.read_replays(bucket, paths.stage_output("dedupe_check", index))
+        try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
+        ledger = LedgerWriter(s3, bucket, paths, index, f"try{try_number}-{uuid.uuid4().hex[:8]}")
+        if not settings.dry_run:
+            # What earlier tries of this run had accepted (a forced run reads only its own parts).
+            prefix = paths.ledger_run_prefix if settings.force else paths.ledger_prefix
+            accepted = s3.read_ledger(bucket, prefix) if try_number > 1 else set()
+            replays = skip_accepted(replays, accepted, summary)
         with s3.stage_file(bucket, paths.dead_letters("send", index), upload_empty=False) as dead:
             tracker = SendTracker(summary, dead.write_dead_letter)
             requests_to_send = pack_requests(replays, tracker)
@@ -115,22 +139,32 @@ class MParticleSendOperator(BaseOperator):
                         for batch in request.batches:
                             tracker.accepted(batch, "dry_run")
             else:
-                self._send(requests_to_send, tracker, ledger, summary)
+                self._send(requests_to_send, tracker, ledger, summary, lambda: tasks.heartbeat(chunk, s3))
         self.log.info(
-            "send chunk %d/%d: %d requests, %d retries, %d throttled, %d batches accepted, %d rejected, "
-            "%d replay keys added to the ledger%s\n%s",
-            index + 1, chunk["chunks"], summary.counts["requests"], summary.counts["retries"],
+            "send chunk %d/%d (try %d): %d requests, %d retries, %d throttled, %d batches accepted, %d rejected, "
+            "%d skipped (accepted by an earlier try), %d replay keys added to the ledger%s\n%s",
+            index + 1, chunk["chunks"], try_number, summary.counts["requests"], summary.counts["retries"],
             summary.counts["throttled"], summary.counts["batches_accepted"], summary.counts["batches_rejected"],
-            ledger.written, " (DRY RUN: nothing sent)" if settings.dry_run else "", summary.render("send"),
+            summary.counts[f"batches_skipped:{ACCEPTED_BY_EARLIER_TRY}"], ledger.written,
+            " (DRY RUN: nothing sent)" if settings.dry_run else "", summary.render("send"),
         )  # fmt: skip
         return {**chunk, "stage": "send", "summary": summary.to_json()}
 
-    def _send(self, requests_to_send: Any, tracker: SendTracker, ledger: LedgerWriter, summary: Summary) -> None:
+    def _send(
+        self,
+        requests_to_send: Iterable[BulkRequest],
+        tracker: SendTracker,
+        ledger: LedgerWriter,
+        summary: Summary,
+        heartbeat: Callable[[], None],
+    ) -> None:
         from .events_api_hook import MParticleEventsHook
 
         hook = MParticleEventsHook(self.mparticle_conn_id)
+        last_heartbeat = time.monotonic()
 
         def record(result: RequestResult) -> None:
+            nonlocal last_heartbeat
             summary.counts["requests"] += 1
             summary.counts["http_requests"] += result.http_requests
             summary.counts["retries"] += result.retries
@@ -140,14 +174,17 @@ class MParticleSendOperator(BaseOperator):
                 tracker.accepted(batch)
             for batch, message in result.rejected:
                 tracker.rejected(batch, message)
+            if time.monotonic() - last_heartbeat >= self.heartbeat_seconds:
+                heartbeat()
+                last_heartbeat = time.monotonic()
 
         try:
             for result in hook.send_requests(requests_to_send):
                 record(result)
-        except (CredentialsRefused, InvalidSettings) as error:
+        except (CredentialsRefused, InvalidSettings, RequestRefused, TooManyRejections) as error:
             raise AirflowFailException(str(error)) from None
         finally:
-            ledger.flush()
+            ledger.flush()  # whatever happened, every key the API accepted reaches the ledger
         if tracker.waiting:
             raise RuntimeError(f"{tracker.waiting} records got no answer from the Events API")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -70,15 +70,23 @@ def plan_partition(
     data_interval_start: datetime | None,
     run_after: datetime | None,
     s3: QuarantineS3Hook,
+    now: datetime | None = None,
+    dag_id: str = "",
+    run_state: RunState | None = None,
 ) -> list[dict[str, Any]]:
-    """Validate the settings, resolve the partition date, list its objects, cut them into chunks."""
+    """Validate the settings, resolve the partition date, list its objects, cut them into chunks.
+
+    The replay window ends at ``reference_time`` if given, else *now*: the time this run plans, fixed
+    here and handed to every task so that all chunks agree. Not the run's ``run_after``: a backfill of
+    old dates (and a scheduled run cleared weeks later) has ``run_after`` at the end of each date's
+    interval, which would replay data far older than the window allows.
+    """
     try:
         settings = parse_settings(variable, {k: v for k, v in params.items() if v is not None})
     except InvalidSettings as error:
         raise AirflowFailException(f"Invalid settings: {error}") from None
     day = resolve_partition_date(settings.partition_date, data_interval_start, run_after)
-    reference = settings.reference_time or run_after
-    window = settings.age_window(reference)
+    window = settings.age_window(now or datetime.now(timezone.utc))
     keys, skipped = s3.list_partition(settings.bucket, settings.partition_layout, day)
     per_chunk = max(settings.files_per_chunk, math.ceil(len(keys) / MAX_MAP_LENGTH))
     groups = [keys[i : i + per_chunk] for i in range(0, len(keys), per_chunk)] or [[]]
@@ -95,7 +103,8 @@ def plan_partition(
     summary.counts["objects_listed"] = len(keys)
     summary.counts["verification_objects_skipped"] = skipped
     if not settings.dry_run:  # a dry run sends nothing and writes no ledger: it needs no lock
-        acquire_partition(settings, StatePaths(settings.state_prefix, day, run_key(run_id)), run_id, s3)
+        paths = StatePaths(settings.state_prefix, day, run_key(run_id))
+        acquire_partition(settings, paths, run_id, s3, now, dag_id=dag_id, run_state=run_state)
     return [
         {
             "chunk": index,
@@ -111,17 +120,30 @@ def plan_partition(
     ]
 
 
+RunState = Callable[[str, str], "str | None"]
+
+
 def acquire_partition(
-    settings: BackfillSettings, paths: StatePaths, run_id: str, s3: QuarantineS3Hook, now: datetime | None = None
+    settings: BackfillSettings,
+    paths: StatePaths,
+    run_id: str,
+    s3: QuarantineS3Hook,
+    now: datetime | None = None,
+    *,
+    dag_id: str = "",
+    run_state: RunState | None = None,
 ) -> None:
     """Take the partition's lock for this run, or fail the run, naming who holds it.
 
     Called last in the planning task, so that a failure there cannot leave a lock behind.
+
+    :param run_state: asks Airflow for a run's state (``"missing"`` if it has none, None if it cannot
+        tell): a live holder is never taken over, a finished one at once.
     """
     now = now or datetime.now(timezone.utc)
     ttl = timedelta(hours=settings.lock_ttl_hours)
     bucket, key = settings.state_bucket, paths.lock
-    me = LockHolder(paths.run_key, run_id, now)
+    me = LockHolder(paths.run_key, run_id, now, now, dag_id)
     for _attempt in range(3):  # another run may create or take the lock between our read and write
         if s3.create_if_absent(bucket, key, me.to_bytes()):
             log.info("Lock s3://%s/%s taken for run %s", bucket, key, run_id)
@@ -131,7 +153,8 @@ def acquire_partition(
             continue  # released in between: try to create it again
         body, etag = found
         holder = LockHolder.from_bytes(body)
-        decision = partition_lock.decide(holder, True, paths.run_key, now, ttl)
+        state = _holder_state(holder, dag_id, run_state)
+        decision = partition_lock.decide(holder, True, paths.run_key, now, ttl, state)
         if decision == partition_lock.OURS:
             log.info("Lock s3://%s/%s already held by this run (a retry)", bucket, key)
             return
@@ -142,32 +165,74 @@ def acquire_partition(
             )
         if s3.replace_if_unchanged(bucket, key, me.to_bytes(), etag):
             log.warning(
-                "Lock s3://%s/%s taken over from %s (acquired %s, older than %d h)",
+                "Lock s3://%s/%s taken over from %s (acquired %s, last heartbeat %s, Airflow state %s)",
                 bucket, key, holder.run_id if holder else "an unreadable lock",
-                holder.acquired_at.isoformat() if holder else "?", settings.lock_ttl_hours,
+                holder.acquired_at.isoformat() if holder else "?",
+                holder.last_seen.isoformat() if holder else "?", state or "unknown",
             )  # fmt: skip
             return
     raise AirflowFailException(f"Could not take the lock s3://{bucket}/{key}: other runs keep changing it")
 
 
+def _holder_state(holder: LockHolder | None, dag_id: str, run_state: RunState | None) -> str | None:
+    if holder is None or run_state is None:
+        return None
+    try:
+        return run_state(holder.dag_id or dag_id, holder.run_id)
+    except Exception:  # Airflow could not tell: the TTL on the heartbeat decides
+        log.warning("Could not ask Airflow for the state of run %s; the lock's heartbeat decides", holder.run_id)
+        return None
+
+
+def heartbeat(chunk: Mapping[str, Any], s3: QuarantineS3Hook, now: datetime | None = None) -> None:
+    """Renew this run's lock (every task calls it when it starts, the send task also while it sends).
+
+    Fails the task if another run took the lock over: two runs must not send the same partition.
+    """
+    settings, paths = settings_of(chunk), paths_of(chunk)
+    if settings.dry_run:
+        return
+    bucket, key = settings.state_bucket, paths.lock
+    for _attempt in range(3):
+        found = s3.read_object(bucket, key)
+        holder = LockHolder.from_bytes(found[0]) if found else None
+        if holder is None or holder.run_key != paths.run_key:
+            raise AirflowFailException(
+                partition_lock.lost_message(holder, f"s3://{bucket}/{key}", paths.day.isoformat())
+            )
+        assert found is not None
+        if s3.replace_if_unchanged(bucket, key, holder.renewed(now or datetime.now(timezone.utc)).to_bytes(), found[1]):
+            return
+    log.warning("Lock s3://%s/%s changed while renewing it; renewed on the next heartbeat", bucket, key)
+
+
 def release_partition(chunks: Iterable[Mapping[str, Any]], s3: QuarantineS3Hook) -> bool:
-    """Remove the partition's lock if this run holds it (the DAG's teardown); True if it was removed."""
+    """Remove the partition's lock if this run holds it (the DAG's teardown); True if it was removed.
+
+    The delete is conditional on the version read (S3 ``If-Match``): a lock another run took in
+    between is never deleted.
+    """
     first = next(iter(chunks), None)
     if first is None or first["settings"].get("dry_run"):
         return False
     settings, paths = settings_of(first), paths_of(first)
     found = s3.read_object(settings.state_bucket, paths.lock)
     holder = LockHolder.from_bytes(found[0]) if found else None
-    if holder is None or holder.run_key != paths.run_key:
+    if found is None or holder is None or holder.run_key != paths.run_key:
         log.warning("Lock s3://%s/%s is not held by this run: left as it is", settings.state_bucket, paths.lock)
         return False
-    s3.delete(settings.state_bucket, paths.lock)
+    if not s3.delete_if_unchanged(settings.state_bucket, paths.lock, found[1]):
+        log.warning(
+            "Lock s3://%s/%s changed before it could be released: left as it is", settings.state_bucket, paths.lock
+        )
+        return False
     log.info("Lock s3://%s/%s released", settings.state_bucket, paths.lock)
     return True
 
 
 def extract(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
     """Read the chunk's quarantine objects; keep what to replay; dead-letter bad lines."""
+    heartbeat(chunk, s3)
     settings, paths = settings_of(chunk), paths_of(chunk)
     summary = Summary()
     objects = ((key, s3.object_stream(settings.bucket, key)) for key in chunk["keys"])
@@ -184,6 +249,7 @@ def extract(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
 
 def filter_by_age(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
     """Drop what is older than the replay window."""
+    heartbeat(chunk, s3)
     settings, paths = settings_of(chunk), paths_of(chunk)
     window = settings.age_window(parse_time("reference_time", chunk["settings"]["reference_time"]))
     summary = Summary()
@@ -207,6 +273,7 @@ def request_id_salt(chunk: Mapping[str, Any]) -> str:
 
 def transform(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
     """Apply fix rules and build valid replay batches; dead-letter what cannot be valid."""
+    heartbeat(chunk, s3)
     settings, paths = settings_of(chunk), paths_of(chunk)
     summary = Summary()
     bucket = settings.state_bucket
@@ -225,6 +292,7 @@ def transform(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
 def dedupe_check(chunks: Iterable[Mapping[str, Any]], s3: QuarantineS3Hook) -> list[dict[str, Any]]:
     """One pass over the whole partition: drop keys in the ledger and batches seen twice."""
     chunks = sorted(chunks, key=lambda c: c["chunk"])
+    heartbeat(chunks[0], s3)
     settings, paths = settings_of(chunks[0]), paths_of(chunks[0])
     bucket = settings.state_bucket
     ledger = s3.read_ledger(bucket, paths.ledger_prefix)

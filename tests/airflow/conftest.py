@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,15 @@ POOL = "mparticle_events_api"
 
 
 def airflow_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "airflow", *args], check=True, capture_output=True, text=True, timeout=timeout
-    )
+    """Run an Airflow command; on SQLite, retried while a running scheduler holds the database."""
+    for _attempt in range(15):
+        done = subprocess.run([sys.executable, "-m", "airflow", *args], capture_output=True, text=True, timeout=timeout)
+        if done.returncode == 0:
+            return done
+        if "database is locked" not in done.stderr:
+            break
+        time.sleep(2)
+    raise AssertionError(f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="session")

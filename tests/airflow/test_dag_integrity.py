@@ -45,7 +45,20 @@ def test_retries_tags_pool_docs(dag):
         assert task.retries >= 2 and task.retry_exponential_backoff
     assert dag.get_task("send").pool == "mparticle_events_api"
     assert "partition" in dag.doc_md
-    assert dag.max_active_runs >= 1 and not dag.catchup
+    assert dag.max_active_runs == 3 and not dag.catchup  # three partitions at a time, each under its lock
+
+
+def test_the_shipped_defaults_stay_under_mparticles_default_rate_limit():
+    """airflow_settings.yaml: every sender of the pool together stays under 270 batches/s."""
+    import yaml
+
+    settings = yaml.safe_load((ROOT / "airflow_settings.yaml").read_text())["airflow"]
+    (pool,) = [p for p in settings["pools"] if p["pool_name"] == "mparticle_events_api"]
+    (events_api,) = [c for c in settings["connections"] if c["conn_id"] == "mparticle_events_api"]
+    extra = events_api["conn_extra"]
+    per_sender = extra["batches_per_second"] / extra["senders"]
+    assert extra["senders"] == pool["pool_slot"]
+    assert per_sender * pool["pool_slot"] <= 270
 
 
 def test_every_setting_is_a_param(dag):

@@ -30,11 +30,14 @@ def set_connection(monkeypatch, **fields) -> None:
     ],
 )
 def test_host_forms(monkeypatch, fields, url):
-    set_connection(monkeypatch, login="k", password="s", extra={"batches_per_second": 100, "max_workers": 2}, **fields)
+    extra = {"batches_per_second": 100, "senders": 4, "max_workers": 2}
+    set_connection(monkeypatch, login="k", password="s", extra=extra, **fields)
     hook = MParticleEventsHook()
     client = hook.get_conn()
     assert client.url == url
-    assert hook.client_settings.batches_per_second == 100 and hook.client_settings.max_workers == 2
+    # The connection's rate is shared by the pool's senders: each paces itself at 100 / 4.
+    assert hook.client_settings.batches_per_second == 25 and hook.client_settings.max_workers == 2
+    assert not {"batches_per_second", "senders", "max_workers"} & set(client._session.headers)  # not sent as headers
     assert "'s'" not in repr(hook.client_settings)
 
 

@@ -22,12 +22,20 @@ def store(s3, connections):
     return QuarantineS3Hook()
 
 
-def acquire(store, run_id, now=NOW, **settings):
+def acquire(store, run_id, now=NOW, run_state=None, **settings):
     from mparticle_backfill.settings import StatePaths, parse_settings, run_key
     from mparticle_backfill_airflow.tasks import acquire_partition
 
     parsed = parse_settings({"bucket": BUCKET, "prefix": PREFIX, **settings})
-    acquire_partition(parsed, StatePaths(parsed.state_prefix, DAY, run_key(run_id)), run_id, store, now=now)
+    paths = StatePaths(parsed.state_prefix, DAY, run_key(run_id))
+    acquire_partition(parsed, paths, run_id, store, now=now, dag_id="the_dag", run_state=run_state)
+
+
+def chunk_of(run_id, **settings):
+    from mparticle_backfill.settings import parse_settings, run_key
+
+    settings = parse_settings({"bucket": BUCKET, "prefix": PREFIX, **settings}).to_json()
+    return {"settings": settings, "partition_date": DAY.isoformat(), "run_key": run_key(run_id)}
 
 
 def holder(s3):
@@ -40,9 +48,7 @@ def release(store, run_id, dry_run=False):
     from mparticle_backfill.settings import parse_settings, run_key
     from mparticle_backfill_airflow.tasks import release_partition
 
-    settings = parse_settings({"bucket": BUCKET, "prefix": PREFIX, "dry_run": dry_run}).to_json()
-    chunk = {"settings": settings, "partition_date": DAY.isoformat(), "run_key": run_key(run_id)}
-    return release_partition([chunk], store)
+    return release_partition([chunk_of(run_id, dry_run=dry_run)], store)
 
 
 def test_taken_refused_retried_released(store, s3):
@@ -79,9 +85,72 @@ def test_ttl_is_a_setting_and_dry_runs_take_no_lock(store, s3):
     from airflow.sdk.exceptions import AirflowFailException
 
     acquire(store, "first", now=NOW - timedelta(hours=2))
-    with pytest.raises(AirflowFailException, match="older than 3 h is taken over"):
+    with pytest.raises(AirflowFailException, match="taken over 3 h after its last heartbeat"):
         acquire(store, "second", lock_ttl_hours=3)
     acquire(store, "second", lock_ttl_hours=1)
     assert holder(s3).run_id == "second"
     assert release(store, "second", dry_run=True) is False  # a dry run never took it
     assert holder(s3).run_id == "second"
+
+
+def test_a_live_run_keeps_its_lock_however_old_and_a_finished_one_loses_it_at_once(store, s3):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    asked = []
+
+    def airflow_says(state):
+        def run_state(dag_id, run_id):
+            asked.append((dag_id, run_id))
+            return state
+
+        return run_state
+
+    acquire(store, "waiting-behind-the-pool", now=NOW - timedelta(hours=48))
+    with pytest.raises(AirflowFailException, match="being backfilled by run 'waiting-behind-the-pool'"):
+        acquire(store, "another", run_state=airflow_says("running"))
+    assert asked == [("the_dag", "waiting-behind-the-pool")]
+    assert holder(s3).run_id == "waiting-behind-the-pool"
+
+    acquire(store, "another", now=NOW - timedelta(hours=47), run_state=airflow_says("failed"))  # gone: free at once
+    assert holder(s3).run_id == "another"
+
+    def cannot_tell(dag_id, run_id):
+        raise RuntimeError("execution API unreachable")
+
+    with pytest.raises(AirflowFailException):  # Airflow cannot tell, heartbeat 11 h old < 12 h TTL
+        acquire(store, "third", now=NOW - timedelta(hours=36), run_state=cannot_tell)
+
+
+def test_heartbeats_renew_the_lock_and_a_run_that_lost_it_stops(store, s3):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mparticle_backfill_airflow.tasks import heartbeat
+
+    acquire(store, "long-run", now=NOW - timedelta(hours=30))
+    heartbeat(chunk_of("long-run"), store, now=NOW - timedelta(minutes=5))
+    assert holder(s3).last_seen == NOW - timedelta(minutes=5)
+    assert holder(s3).acquired_at == NOW - timedelta(hours=30)
+    with pytest.raises(AirflowFailException):  # its heartbeat is recent: not taken over by TTL
+        acquire(store, "other")
+    s3.put_object(Bucket=BUCKET, Key=LOCK, Body=b"taken by hand")
+    with pytest.raises(AirflowFailException, match="no longer holds partition 2026-11-20"):
+        heartbeat(chunk_of("long-run"), store)
+    heartbeat(chunk_of("dry", dry_run=True), store)  # dry runs hold no lock: nothing to renew
+
+
+def test_release_never_deletes_a_lock_another_run_took_in_between(store, s3, monkeypatch):
+    acquire(store, "mine")
+    real_read = store.read_object
+
+    def read_then_lose_the_lock(bucket, key):
+        found = real_read(bucket, key)
+        s3.put_object(
+            Bucket=BUCKET,
+            Key=LOCK,
+            Body=b'{"run_key": "thief", "run_id": "thief", "acquired_at": "2026-11-21T06:00:00+00:00"}',
+        )
+        return found
+
+    monkeypatch.setattr(store, "read_object", read_then_lose_the_lock)
+    assert release(store, "mine") is False
+    assert holder(s3).run_id == "thief"

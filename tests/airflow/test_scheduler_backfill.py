@@ -1,24 +1,31 @@
-"""A real scheduler (LocalExecutor on SQLite) runs `airflow backfill create` over three dates."""
+"""A real scheduler (LocalExecutor on SQLite) as production runs it: a backfill of three dates, a backfill of
+a date older than the replay window, and a send task killed with SIGKILL mid-send while another run of the
+same date tries to take its lock."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.airflow.conftest import AIRFLOW_HOME, airflow_cli
+from tests.airflow.conftest import AIRFLOW_HOME, API_KEY, API_SECRET, airflow_cli
 from tests.airflow.test_dag_end_to_end import BUCKET, PREFIX, lines, record
 from tools.airflow_health import wait_for_api_server
 
 pytestmark = pytest.mark.airflow
+DAG_ID = "mparticle_quarantine_backfill"
 DAYS = ["2026-11-17", "2026-11-18", "2026-11-19"]
+CRASH_DAY = "2026-11-16"
+CRASH_RECORDS = 3000
+WINDOW_END = "2026-11-20T06:00:00Z"
 
 
 def free_port() -> int:
@@ -27,35 +34,107 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_runs(dag_id: str, count: int, timeout: float) -> list:
+def runs_of(dag_id: str, run_type: str | None = None) -> list:
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
+    with create_session() as session:
+        query = session.query(DagRun).filter(DagRun.dag_id == dag_id)
+        if run_type:
+            query = query.filter(DagRun.run_type == run_type)
+        return [(r.run_id, r.data_interval_start, str(r.state), str(r.run_type), r.conf) for r in query.all()]
+
+
+def wait_until(what: str, check, timeout: float, every: float = 1.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with create_session() as session:
-            runs = session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.run_type == "backfill").all()
-            finished = [r for r in runs if r.state in ("success", "failed")]
-            if len(runs) >= count and len(finished) == len(runs):
-                return [(r.data_interval_start, r.state, r.run_type) for r in runs]
-        time.sleep(3)
-    raise AssertionError(f"backfill runs did not finish in {timeout}s")
+        found = check()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout}s")
 
 
-def test_backfill_three_dates_each_partition_once(airflow_db, s3, connections, monkeypatch):
+def finished(run_ids: set[str]):
+    def check():
+        states = {run_id: state for run_id, _, state, _, _ in runs_of(DAG_ID) if run_id in run_ids}
+        done = {s for s in states.values() if s in ("success", "failed")}
+        return (
+            states
+            if len(states) == len(run_ids) and len(done) and all(s in ("success", "failed") for s in states.values())
+            else None
+        )
+
+    return check
+
+
+def running_ti_id(run_id: str, task_id: str) -> str | None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id)
+            .first()
+        )
+        return str(ti.id) if ti is not None and str(ti.state) == "running" else None
+
+
+def ti_state(run_id: str, task_id: str) -> str | None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id)
+            .first()
+        )
+        return str(ti.state) if ti is not None else None
+
+
+def process_running(ti_id: str) -> int | None:
+    """The task process Airflow runs for a task instance (its title is ``airflow worker -- <ti id>``)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as handle:
+            if f"airflow worker -- {ti_id}".encode() in handle.read().replace(b"\0", b" "):
+                return int(pid)
+    return None
+
+
+def day_ms(day: str, hour: int = 10) -> int:
+    return int(datetime.fromisoformat(f"{day}T{hour:02d}:00:00+00:00").timestamp() * 1000)
+
+
+def test_backfills_and_a_crash_mid_send_as_production_meets_them(airflow_db, s3, connections, monkeypatch):
     emulator = connections
     for index, day in enumerate(DAYS):
-        when = int(datetime.fromisoformat(f"{day}T10:00:00+00:00").timestamp() * 1000)
         s3.put_object(
             Bucket=BUCKET,
             Key=f"{PREFIX}/{day}/mPTravel_{day.replace('-', '')}100000000000_0000{index}.txt",
-            Body=lines(record(7000 + index, timestamp_ms=when)),
+            Body=lines(record(7000 + index, timestamp_ms=day_ms(day))),
         )
-    # Backfilled days are days before "now": pin the window's end so the data is inside it.
-    monkeypatch.setenv(
-        "AIRFLOW_VAR_MPARTICLE_BACKFILL",
-        f'{{"bucket": "{BUCKET}", "prefix": "{PREFIX}", "reference_time": "2026-11-20T06:00:00Z"}}',
+    # A date older than the replay window (as a backfill "from the UI" of last month would pick).
+    old_day = (datetime.now(timezone.utc) - timedelta(days=40)).date().isoformat()
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=f"{PREFIX}/{old_day}/mPTravel_{old_day.replace('-', '')}100000000000_00009.txt",
+        Body=lines(record(7900, timestamp_ms=day_ms(old_day))),
     )
+    crash_records = [record(100_000 + n, timestamp_ms=day_ms(CRASH_DAY)) for n in range(CRASH_RECORDS)]
+    s3.put_object(
+        Bucket=BUCKET, Key=f"{PREFIX}/{CRASH_DAY}/mPTravel_20261116100000000000_00001.txt", Body=lines(*crash_records)
+    )
+    host, emulator_port = emulator.url.removeprefix("http://").split(":")
+    monkeypatch.setenv(  # one worker per sender, so that a send takes long enough to be killed half-way
+        "AIRFLOW_CONN_MPARTICLE_EVENTS_API",
+        json.dumps({
+            "conn_type": "mparticle", "host": host, "schema": "http", "port": int(emulator_port),
+            "login": API_KEY, "password": API_SECRET,
+            "extra": {"batches_per_second": 5000, "max_retries": 3, "max_workers": 1},
+        }),
+    )  # fmt: skip
     port = free_port()
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
     monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "4")
@@ -64,11 +143,7 @@ def test_backfill_three_dates_each_partition_once(airflow_db, s3, connections, m
     monkeypatch.setenv("AIRFLOW__API__HOST", "127.0.0.1")  # loopback only
     monkeypatch.setenv("AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC", "1")
     airflow_cli("dags", "reserialize")
-    airflow_cli("dags", "unpause", "mparticle_quarantine_backfill")  # a paused DAG's backfill never runs
-    airflow_cli(
-        "backfill", "create", "--dag-id", "mparticle_quarantine_backfill",
-        "--from-date", DAYS[0], "--to-date", DAYS[-1],
-    )  # fmt: skip
+    airflow_cli("dags", "unpause", DAG_ID)  # a paused DAG's backfill never runs
     logs = (AIRFLOW_HOME / "scheduler-test.log").open("w")
 
     def start(*args: str) -> subprocess.Popen:
@@ -86,7 +161,84 @@ def test_backfill_three_dates_each_partition_once(airflow_db, s3, connections, m
     try:
         wait_for_api_server(port, timeout=180)
         processes += [start("scheduler"), start("dag-processor")]
-        runs = wait_for_runs("mparticle_quarantine_backfill", 3, timeout=420)
+
+        # 1. A backfill of three dates (the window's end pinned in the backfill's conf).
+        conf = json.dumps({"reference_time": WINDOW_END})
+        airflow_cli("backfill", "create", "--dag-id", DAG_ID, "--from-date", DAYS[0], "--to-date", DAYS[-1],
+                    "--dag-run-conf", conf)  # fmt: skip
+        wait_until("3 backfill runs", lambda: len(runs_of(DAG_ID, "backfill")) >= 3, 120)
+        ids = {run_id for run_id, *_ in runs_of(DAG_ID, "backfill")}
+        states = wait_until("the backfill", finished(ids), 420, every=3)
+        assert sorted(states.values()) == ["success"] * 3
+        sent = sorted(e["data"]["event_id"] for b in emulator.state.batches for e in b["events"])
+        assert sent == sorted([70000, 70001, 70010, 70011, 70020, 70021])  # each partition's blocked events, once
+        starts = sorted(start.date().isoformat() for _, start, *_ in runs_of(DAG_ID, "backfill"))
+        assert starts == DAYS
+
+        # 2. A backfill of a date older than the window, without reference_time: the window ends at the
+        # time of the replay (not at the date's run_after), so nothing is sent and the report says why.
+        before = len(emulator.state.batches)
+        airflow_cli("backfill", "create", "--dag-id", DAG_ID, "--from-date", old_day, "--to-date", old_day)
+        wait_until("the old date's run", lambda: len(runs_of(DAG_ID, "backfill")) >= 4, 120)
+        old_ids = {run_id for run_id, *_ in runs_of(DAG_ID, "backfill")} - ids
+        assert set(wait_until("the old backfill", finished(old_ids), 300, every=3).values()) == {"success"}
+        assert len(emulator.state.batches) == before
+        reports = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/_backfill/{old_day}/reports/")["Contents"]
+        (old_report,) = [
+            json.loads(s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read())
+            for item in reports if item["Key"].endswith(".json")
+        ]  # fmt: skip
+        assert old_report["totals"]["too_old"] == 1 and old_report["totals"]["replayed"] == 0
+        assert ["too_old", "older_than_window", 1] in old_report["summary"]["outcomes"]
+
+        # 3. A run of a big partition; its send task is killed with SIGKILL half-way.
+        emulator.state.latency_ms = 1000  # 30 requests of 100 batches: ~30 s of sending
+        crash_conf = json.dumps({"partition_date": CRASH_DAY, "reference_time": WINDOW_END})
+        crash_at = "2026-11-16T12:00:00+00:00"  # manual runs' logical dates, apart from the backfill's
+        airflow_cli(
+            "dags", "trigger", DAG_ID, "--run-id", "crash_run", "--conf", crash_conf, "--logical-date", crash_at
+        )
+        ti_id = wait_until("the send task running", lambda: running_ti_id("crash_run", "send"), 300)
+        wait_until(
+            "a third of the batches accepted", lambda: emulator.state.stats["batches_accepted"] >= 6 + 1000, 120, 0.2
+        )
+
+        pid = wait_until("the send task's process", lambda: process_running(ti_id), 30, 0.2)
+        os.kill(pid, signal.SIGKILL)
+        accepted_at_kill = emulator.state.stats["batches_accepted"]
+        assert accepted_at_kill < 6 + CRASH_RECORDS  # killed half-way
+
+        # The run is still alive for Airflow (its send task will be retried). Even with a lock that looks a
+        # day old (it waited behind the pool, say), another run of the same date does not take it over.
+        lock_key = f"{PREFIX}/_backfill/{CRASH_DAY}/lock.json"
+        lock = json.loads(s3.get_object(Bucket=BUCKET, Key=lock_key)["Body"].read())
+        assert lock["run_id"] == "crash_run"
+        aged = (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()
+        s3.put_object(Bucket=BUCKET, Key=lock_key, Body=json.dumps({**lock, "acquired_at": aged, "heartbeat_at": aged}))
+        airflow_cli(
+            "dags", "trigger", DAG_ID, "--run-id", "intruder", "--conf", crash_conf,
+            "--logical-date", "2026-11-16T13:00:00+00:00",
+        )  # fmt: skip
+        assert wait_until("the intruder run", finished({"intruder"}), 180, every=2) == {"intruder": "failed"}
+        assert ti_state("intruder", "plan_partition") == "failed"
+        assert json.loads(s3.get_object(Bucket=BUCKET, Key=lock_key)["Body"].read())["run_id"] == "crash_run"
+
+        # What the README tells an operator: Airflow retries the killed task; to resume at once, clear it.
+        wait_until("the killed send failed", lambda: ti_state("crash_run", "send") in ("up_for_retry", "failed"), 120)
+        airflow_cli(
+            "tasks",
+            "clear",
+            DAG_ID,
+            "--task-regex",
+            "^send$",
+            "--start-date",
+            crash_at,
+            "--end-date",
+            crash_at,
+            "--yes",
+        )
+        emulator.state.latency_ms = 0
+        assert wait_until("the crashed run", finished({"crash_run"}), 300, every=2) == {"crash_run": "success"}
     finally:
         for process in processes:
             os.killpg(process.pid, signal.SIGTERM)
@@ -99,9 +251,17 @@ def test_backfill_three_dates_each_partition_once(airflow_db, s3, connections, m
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
         logs.close()
-    assert sorted((start.date().isoformat(), state) for start, state, _ in runs) == [(d, "success") for d in DAYS]
-    assert {str(run_type) for _, _, run_type in runs} == {"backfill"}
-    sent = sorted(e["data"]["event_id"] for b in emulator.state.batches for e in b["events"])
-    assert sent == sorted([70000, 70001, 70010, 70011, 70020, 70021])  # each partition's blocked events, once
-    assert emulator.state.stats["duplicates_dropped"] == 0
-    assert datetime.now(timezone.utc).year >= 2026
+
+    # Every event of the crashed partition arrived exactly once (what the emulator accepted; repeats of
+    # batches whose keys were not yet in the ledger when the process died were dropped by source_request_id).
+    crash_events = [
+        e["data"]["event_id"] for b in emulator.state.batches for e in b["events"] if e["data"]["event_id"] >= 1_000_000
+    ]
+    assert len(crash_events) == len(set(crash_events)) == 2 * CRASH_RECORDS
+    ledger = set()
+    for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/_backfill/{CRASH_DAY}/ledger/", MaxKeys=1000)[
+        "Contents"
+    ]:
+        ledger.update(s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read().decode().split())
+    assert len(ledger) == 3 * CRASH_RECORDS  # every accepted key recorded: a re-run sends nothing
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=lock_key)  # released by the teardown

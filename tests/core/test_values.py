@@ -56,8 +56,14 @@ def test_api_event_converts_64_bit_fields_on_a_copy():
 def test_request_id_is_a_version_5_uuid_of_the_sha256(content, identity, salt):
     import hashlib
 
-    digest = hashlib.sha256(identity.encode() + b"\0" + salt.encode() + b"\0" + content).digest()
-    assert _request_id(identity, salt, content) == str(uuid.UUID(bytes=digest[:16], version=5))
+    digest = bytearray(hashlib.sha256(identity.encode() + b"\0" + salt.encode() + b"\0" + content).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # RFC 4122: version 5 in the high nibble of byte 6
+    digest[8] = (digest[8] & 0x3F) | 0x80  # and the variant bits 10 in byte 8
+    text = digest.hex()
+    expected = f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    request_id = _request_id(identity, salt, content)
+    assert request_id == expected
+    assert uuid.UUID(request_id).version == 5 and request_id[14] == "5"
 
 
 def test_unhashable_or_odd_event_fields_are_refused_not_crashed():

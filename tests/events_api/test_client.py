@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from mparticle_backfill import jsonio
-from mparticle_backfill.errors import CredentialsRefused, TransientSendError
+from mparticle_backfill.errors import CredentialsRefused, RequestRefused, TooManyRejections, TransientSendError
 from mparticle_backfill.model import RecordRef, ReplayBatch
 from mparticle_backfill.send import pack
 from mparticle_backfill.transform import source_request_id
@@ -197,7 +197,7 @@ def test_emulator_is_strict(emulator):
         if status == 400:
             assert response.json()["errors"][0]["message"], name
     response = requests.post(url, data=b"[]", auth=auth, headers={"Content-Type": "text/plain"}, timeout=5)
-    assert response.status_code == 400
+    assert response.status_code == 415  # Unsupported Media Type
     assert (
         "X-mp-rate-limit-percentage-used"
         in requests.post(url, data=b"[]", auth=auth, headers={"Content-Type": "application/json"}, timeout=5).headers
@@ -216,3 +216,52 @@ def test_emulator_rate_limit_answers_429_with_retry_after():
         )
     assert first.status_code == 202 and first.headers["X-mp-rate-limit-percentage-used"] == "100"
     assert second.status_code == 429 and second.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("status", [404, 405, 413, 415, 422])
+def test_answers_no_retry_can_fix_fail_at_once_with_the_status(emulator, status):
+    force(emulator, status)
+    with pytest.raises(RequestRefused, match=f"HTTP {status}.*No retry can fix this"):
+        list(client_for(emulator.url, max_retries=8).send(requests_of([batch(i) for i in range(5)])))
+    assert stats(emulator)["requests"] == 1  # not retried 9 times
+
+
+def test_the_breaker_stops_when_the_api_refuses_nearly_everything(emulator):
+    refused = []
+    for i in range(1000):
+        bad = batch(i)
+        bad.payload["events"][0]["event_type"] = "not_a_type"
+        refused.append(bad)
+    client = client_for(emulator.url, max_workers=2, breaker_min_batches=200)
+    answered = []
+    with pytest.raises(TooManyRejections, match="refused .* of the first .* batches.*One refusal:"):
+        for result in client.send(requests_of(refused)):
+            answered.append(result)
+    rejected = sum(len(r.rejected) for r in answered)
+    assert rejected < 400  # stopped soon after 200 answers, not narrowed down to all 1,000
+    assert stats(emulator)["requests"] < 2 * 400  # isolation of all 1,000 would take ~2,000 requests
+    assert stats(emulator).get("batches_accepted", 0) == 0
+
+
+def test_a_failure_while_narrowing_a_400_keeps_what_was_already_accepted(emulator):
+    batches = [batch(i) for i in range(100)]
+    del batches[80].payload["events"][0]["data"]["event_name"]  # the second half holds the bad one
+    # 1st answer: the real 400; 2nd: the first half goes through; then the API stays down.
+    force(emulator, None, None, 503, 503, 503)
+    client = client_for(emulator.url, max_workers=1, max_retries=2)
+    results = []
+    with pytest.raises(TransientSendError):
+        for result in client.send(requests_of(batches)):
+            results.append(result)
+    accepted = [b for r in results for b in r.accepted]
+    assert len(accepted) == 50 and stats(emulator)["batches_accepted"] == 50
+    assert {b.ref.line for b in accepted} == set(range(50))
+
+
+def test_an_unexpected_worker_error_stops_every_worker(emulator):
+    requests_to_send = requests_of([batch(i) for i in range(1000)])
+    broken = requests_to_send[0].batches[0]
+    requests_to_send[0].batches[0] = type(broken)(broken.ref, broken.replay_keys, None)  # cannot be encoded
+    with pytest.raises(TypeError):
+        list(client_for(emulator.url, max_workers=2).send(requests_to_send))
+    assert stats(emulator).get("requests", 0) <= 3  # the workers in flight finished; nothing more was sent
