@@ -84,8 +84,8 @@ def mparticle_quarantine_backfill() -> None:
         return tasks.filter_by_age(chunk, tasks.quarantine_s3())
 
     @task
-    def transform(chunk: dict) -> dict:
-        return tasks.transform(chunk, tasks.quarantine_s3())
+    def transform(chunk: dict, partition: list[dict]) -> dict:
+        return tasks.transform(chunk, tasks.quarantine_s3(), partition)
 
     @task
     def dedupe_check(chunks: list[dict]) -> list[dict]:
@@ -98,7 +98,8 @@ def mparticle_quarantine_backfill() -> None:
     planned = plan_partition()
     extracted = extract.expand(chunk=planned)
     filtered = filter_by_age.expand(chunk=extracted)
-    transformed = transform.expand(chunk=filtered)
+    # Every transform sees all extract chunks' counts: the plan check infers blocking per partition.
+    transformed = transform.partial(partition=extracted).expand(chunk=filtered)
     deduped = dedupe_check(transformed)
     sent = MParticleSendOperator.partial(task_id="send", pool=EVENTS_API_POOL).expand(chunk=deduped)
     reported = MParticleReportOperator(

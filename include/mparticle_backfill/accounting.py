@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 _LABELS = {
     "replayed": "replayed",
+    "held": "held (plan would block)",
     "nothing_to_replay": "nothing to replay",
     "too_old": "too old",
     "already_replayed": "already replayed",

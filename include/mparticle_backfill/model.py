@@ -11,11 +11,12 @@ from msgspec import Struct, field
 # so a record whose events were partly replayed counts as replayed (its other parts are still
 # dead-lettered and counted at event level).
 REPLAYED = "replayed"
+HELD = "held"  # would be blocked again by the data plan: kept back, sent by a later run once the plan allows it
 DEAD_LETTERED = "dead_lettered"
 ALREADY_REPLAYED = "already_replayed"
 TOO_OLD = "too_old"
 NOTHING_TO_REPLAY = "nothing_to_replay"
-OUTCOMES: tuple[str, ...] = (REPLAYED, DEAD_LETTERED, ALREADY_REPLAYED, TOO_OLD, NOTHING_TO_REPLAY)
+OUTCOMES: tuple[str, ...] = (REPLAYED, HELD, DEAD_LETTERED, ALREADY_REPLAYED, TOO_OLD, NOTHING_TO_REPLAY)
 _RANK = {outcome: rank for rank, outcome in enumerate(OUTCOMES)}
 
 # What a selected event is replayed for.

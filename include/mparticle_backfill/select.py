@@ -99,6 +99,15 @@ def select(record: QuarantineRecord, settings: SelectionSettings, counts: Counte
                     user_attributes[name] = original_attributes[name]
                 else:
                     counts["user_attributes_missing"] += 1
+    # Which categories the input blocks, as this record shows (the plan check infers them per partition).
+    if block.blocked_event_ids:
+        counts["records_blocking:events"] += 1
+    if restorable:
+        counts["records_blocking:event_attributes"] += 1
+    if block.blocked_user_attributes:
+        counts["records_blocking:user_attributes"] += 1
+    if block.blocked_user_identities or block.blocked_device_identities:
+        counts["records_blocking:user_identities"] += 1
     for name in block.blocked_user_identities:
         counts[f"blocked_user_identity:{name}"] += 1
     for name in block.blocked_device_identities:

@@ -13,6 +13,9 @@ from .errors import InvalidSettings
 from .filter_by_age import DEFAULT_MAX_AGE_DAYS, AgeWindow
 from .fixes import FixRule, compile_rules
 from .partition import DATE_FOLDERS, LAYOUTS, PartitionLayout
+from .plan_check import infer_blocking
+from .plan_gate import HOLD, OFF, PlanGate
+from .plan_gate import MODES as PLAN_CHECK_MODES
 from .select import SelectionSettings
 from .transform import KEEP, OMIT, TransformSettings
 
@@ -38,7 +41,29 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "replay_blocked_user_attributes": (True, "Replay blocked user attributes."),
     "include_blocked_identities": (True, "Send blocked user/device identities too, to resolve the same user."),
     "environment": (None, "Force 'production' or 'development' (default: each batch's own)."),
-    "plan_version": (KEEP, "'keep' the original plan version, 'omit' it, or a version number."),
+    "plan_version": (
+        OMIT,
+        "Which data plan version replays name: 'omit' (default: the version active for each batch's "
+        "environment applies, i.e. the fixed version you activated), 'keep' the original's (the version "
+        "that blocked the data: only right if you edited that version in place), or a version number.",
+    ),
+    "data_plan": (
+        None,
+        "The data plan to check replays against before sending: s3://bucket/key.json or a file path "
+        "(a plan version document, or a whole plan, as the Data Planning API returns them), or "
+        "api:<plan_id> (fetched with the mparticle_data_planning connection). Empty: not checked.",
+    ),
+    "plan_check": (
+        HOLD,
+        "With a data_plan: 'hold' (do not send what the plan would block again; a later run sends it "
+        "once the plan allows it), 'report' (send everything, count what would be blocked) or 'off'.",
+    ),
+    "plan_blocking": (
+        None,
+        'Which categories the input blocks, e.g. {"events": true, "event_attributes": true, '
+        '"user_attributes": false, "user_identities": false}. Default: inferred from the partition '
+        "(a category blocks if any record had something of it blocked).",
+    ),
     "fixes": ([], "Fix rules (a JSON list), validated before any data is read."),
     "dry_run": (False, "Send nothing; write the payloads that would be sent."),
     "force": (False, "Resend what the ledger says was already accepted."),
@@ -114,7 +139,10 @@ class BackfillSettings:
     replay_blocked_user_attributes: bool = True
     include_blocked_identities: bool = True
     environment: str | None = None
-    plan_version: str | int = KEEP
+    plan_version: str | int = OMIT
+    data_plan: str = ""
+    plan_check: str = OFF
+    plan_blocking: dict[str, bool] | None = None
     fixes: tuple[FixRule, ...] = ()
     raw_fixes: list[Any] = field(default_factory=list)
     dry_run: bool = False
@@ -138,9 +166,9 @@ class BackfillSettings:
     def age_window(self, default_reference: datetime | None = None) -> AgeWindow:
         return AgeWindow(self.max_age_days, self.reference_time or default_reference)
 
-    def transform_settings(self, request_id_salt: str = "") -> TransformSettings:
+    def transform_settings(self, request_id_salt: str = "", plan_gate: PlanGate | None = None) -> TransformSettings:
         return TransformSettings(
-            self.environment, self.plan_version, self.include_blocked_identities, self.fixes, request_id_salt
+            self.environment, self.plan_version, self.include_blocked_identities, self.fixes, request_id_salt, plan_gate
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -179,9 +207,32 @@ def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
         raise InvalidSettings("state_prefix", "must not be the bucket root")
 
     environment = merged.get("environment")
-    plan_version: Any = merged.get("plan_version", KEEP)
+    plan_version: Any = merged.get("plan_version", OMIT)
     if isinstance(plan_version, str) and plan_version not in (KEEP, OMIT):
         plan_version = _int("plan_version", plan_version)
+    data_plan = str(merged.get("data_plan") or "").strip()
+    if data_plan.startswith("s3://") and "/" not in data_plan[5:].strip("/"):
+        raise InvalidSettings("data_plan", f"an S3 location needs a bucket and a key, got {data_plan!r}")
+    if data_plan.startswith("api:") and not data_plan[4:].strip():
+        raise InvalidSettings("data_plan", "api: needs the plan id, e.g. api:higgs_shop_basic_data_plan")
+    plan_check = str(merged.get("plan_check") or (HOLD if data_plan else OFF)).strip()
+    if plan_check not in PLAN_CHECK_MODES:
+        raise InvalidSettings("plan_check", f"must be one of {list(PLAN_CHECK_MODES)}, got {plan_check!r}")
+    if not data_plan:
+        if "plan_check" in merged and plan_check != OFF:
+            raise InvalidSettings("plan_check", f"{plan_check!r} needs a data_plan to check against")
+        plan_check = OFF
+    plan_blocking = merged.get("plan_blocking")
+    if isinstance(plan_blocking, str):
+        try:
+            plan_blocking = jsonio.loads(plan_blocking)
+        except jsonio.DecodeError as error:
+            raise InvalidSettings("plan_blocking", f"is not valid JSON: {error}") from None
+    if plan_blocking is not None:
+        try:
+            infer_blocking({}, plan_blocking)
+        except InvalidSettings as error:
+            raise InvalidSettings("plan_blocking", error.problem) from None
     raw_fixes = merged.get("fixes", [])
     if isinstance(raw_fixes, str):
         try:
@@ -212,6 +263,9 @@ def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
         include_blocked_identities=_bool("include_blocked_identities", merged.get("include_blocked_identities", True)),
         environment=environment,
         plan_version=plan_version,
+        data_plan=data_plan,
+        plan_check=plan_check,
+        plan_blocking=plan_blocking,
         fixes=compile_rules(raw_fixes),
         raw_fixes=list(raw_fixes or []),
         dry_run=_bool("dry_run", merged.get("dry_run", False)),
@@ -280,6 +334,15 @@ class StatePaths:
 
     def dead_letters(self, stage: str, chunk: int) -> str:
         return f"{self.partition}/dead_letters/{self.run_key}/{stage}-chunk-{chunk:05d}.ndjson"
+
+    def held(self, chunk: int) -> str:
+        """What the plan check held back (would be blocked again), with the data point and what to change."""
+        return f"{self.partition}/held/{self.run_key}/transform-chunk-{chunk:05d}.ndjson"
+
+    @property
+    def data_plan_copy(self) -> str:
+        """The data plan document as the run read it once, for every transform task."""
+        return f"{self.partition}/runs/{self.run_key}/data_plan.json"
 
     def payloads(self, chunk: int) -> str:
         return f"{self.partition}/payloads/{self.run_key}/chunk-{chunk:05d}.ndjson"

@@ -14,6 +14,7 @@ from .accounting import Step, Summary, advance
 from .errors import FixFailed, InvalidSettings
 from .fixes import FixRule, apply_fixes
 from .model import DEAD_LETTERED, DeadLetter, DeadLetterSink, Replay, ReplayBatch, SelectedEvent
+from .plan_gate import PlanGate
 from .values import exact_int
 
 KEEP = "keep"
@@ -48,6 +49,7 @@ class TransformSettings:
     :param fixes: validated fix rules (:func:`.fixes.compile_rules`).
     :param request_id_salt: mixed into ``source_request_id``; empty for normal runs, so a repeated send
         has the same id and mParticle drops it. A forced resend sets it (else mParticle would drop it).
+    :param plan_gate: the data plan check (:mod:`.plan_gate`); None sends without checking.
     """
 
     environment: str | None = None
@@ -55,6 +57,7 @@ class TransformSettings:
     include_blocked_identities: bool = True
     fixes: tuple[FixRule, ...] = ()
     request_id_salt: str = ""
+    plan_gate: PlanGate | None = None
 
     def __post_init__(self) -> None:
         if self.environment is not None and self.environment not in limits.ENVIRONMENTS:
@@ -200,6 +203,10 @@ def transform(
         else:
             attribute_chunks.append(chunk)
     replay.events, replay.user_attributes = [], {}
+    if settings.plan_gate is not None and (valid or attribute_chunks):
+        merged = {name: value for chunk in attribute_chunks for name, value in chunk.items()}
+        valid, merged = settings.plan_gate.apply(replay, envelope, valid, merged, counts, dead_letter)
+        attribute_chunks = _chunks(merged, limits.MAX_USER_ATTRIBUTES)
     if not valid and not attribute_chunks:
         return replay
 

@@ -22,6 +22,15 @@ _TYPES: dict[str, dict[str, Any]] = {
     "include_blocked_identities": {"type": ["null", "boolean"]},
     "environment": {"type": ["null", "string"], "enum": [None, "production", "development"]},
     "plan_version": {"type": ["null", "string", "integer"]},
+    "data_plan": {"type": ["null", "string"]},
+    "plan_check": {"type": ["null", "string"], "enum": [None, "hold", "report", "off"]},
+    "plan_blocking": {
+        "type": ["null", "object"],
+        "properties": {
+            name: {"type": "boolean"} for name in ("events", "event_attributes", "user_attributes", "user_identities")
+        },
+        "additionalProperties": False,
+    },
     "fixes": {"type": ["null", "array"]},
     "dry_run": {"type": ["null", "boolean"]},
     "force": {"type": ["null", "boolean"]},

@@ -11,18 +11,21 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from mparticle_backfill import jsonio, partition_lock
+from mparticle_backfill import jsonio, partition_lock, plan_gate
 from mparticle_backfill.accounting import Summary, merge_all
 from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_replays
 from mparticle_backfill.errors import InvalidSettings
 from mparticle_backfill.extract import extract_records
 from mparticle_backfill.filter_by_age import filter_replays
-from mparticle_backfill.model import OUTCOMES
+from mparticle_backfill.model import OUTCOMES, DeadLetter
 from mparticle_backfill.partition_lock import LockHolder
+from mparticle_backfill.plan_check import CATEGORIES, infer_blocking, load_plan
+from mparticle_backfill.plan_gate import PlanGate
 from mparticle_backfill.settings import (
     BackfillSettings,
     StatePaths,
@@ -31,7 +34,7 @@ from mparticle_backfill.settings import (
     resolve_partition_date,
     run_key,
 )
-from mparticle_backfill.transform import transform_replays
+from mparticle_backfill.transform import KEEP, transform_replays
 
 if TYPE_CHECKING:  # imported when a task runs (boto3), not when the DAG file is parsed
     from .s3_hook import QuarantineS3Hook
@@ -102,8 +105,24 @@ def plan_partition(
     summary = Summary()
     summary.counts["objects_listed"] = len(keys)
     summary.counts["verification_objects_skipped"] = skipped
+    paths = StatePaths(settings.state_prefix, day, run_key(run_id))
+    if settings.plan_check != plan_gate.OFF:  # read and checked once, before any data is read
+        try:
+            document = read_data_plan(settings, s3)
+            plan = load_plan(document, settings.data_plan)
+        except InvalidSettings as error:
+            raise AirflowFailException(f"Invalid settings: {error}") from None
+        s3.put_bytes(settings.state_bucket, paths.data_plan_copy, jsonio.dumps(document))
+        log.info(
+            "Data plan %s from %s: versions %s; plan_check=%s", plan.plan_id, settings.data_plan,
+            sorted(plan.versions), settings.plan_check,
+        )  # fmt: skip
+    elif settings.plan_version == KEEP:
+        log.warning(
+            "No data_plan: delivery to outputs is not checked, and plan_version=keep names the version that "
+            "blocked the data: unless that version was edited in place, mParticle blocks the replay again."
+        )
     if not settings.dry_run:  # a dry run sends nothing and writes no ledger: it needs no lock
-        paths = StatePaths(settings.state_prefix, day, run_key(run_id))
         acquire_partition(settings, paths, run_id, s3, now, dag_id=dag_id, run_state=run_state)
     return [
         {
@@ -111,6 +130,7 @@ def plan_partition(
             "chunks": len(groups),
             "partition_date": day.isoformat(),
             "run_key": run_key(run_id),
+            "run_id": run_id,
             "settings": base,
             "keys": group,
             "stage": "plan",
@@ -271,22 +291,79 @@ def request_id_salt(chunk: Mapping[str, Any]) -> str:
     return chunk["run_key"] if chunk["settings"].get("force") else ""
 
 
-def transform(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
-    """Apply fix rules and build valid replay batches; dead-letter what cannot be valid."""
+def transform(
+    chunk: Mapping[str, Any], s3: QuarantineS3Hook, partition: Iterable[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """Apply fix rules, check the data plan, build valid replay batches; dead-letter what cannot be valid,
+    hold what the plan would block again.
+
+    :param partition: every extract chunk's descriptor: which categories the input blocks is inferred
+        from the whole partition's block metadata, the same for every chunk.
+    """
     heartbeat(chunk, s3)
     settings, paths = settings_of(chunk), paths_of(chunk)
     summary = Summary()
     bucket = settings.state_bucket
+    gate = plan_gate_of(chunk, s3, partition)
     replays = s3.read_replays(bucket, paths.stage_output("filter_by_age", chunk["chunk"]))
     with (
         s3.stage_file(bucket, paths.stage_output("transform", chunk["chunk"]), compress=True) as out,
         s3.stage_file(bucket, paths.dead_letters("transform", chunk["chunk"]), upload_empty=False) as dead,
+        s3.stage_file(bucket, paths.held(chunk["chunk"]), upload_empty=False) as held,
     ):
-        transform_settings = settings.transform_settings(request_id_salt(chunk))
-        for replay in transform_replays(replays, transform_settings, summary, dead.write_dead_letter):
+
+        def set_aside(letter: DeadLetter) -> None:
+            (held if letter.stage == plan_gate.STAGE else dead).write_dead_letter(letter)
+
+        transform_settings = settings.transform_settings(request_id_salt(chunk), gate)
+        for replay in transform_replays(replays, transform_settings, summary, set_aside):
             out.write_replay(replay)
-    log.info("transform chunk %d/%d\n%s", chunk["chunk"] + 1, chunk["chunks"], summary.render("transform"))
+    log.info(
+        "transform chunk %d/%d%s\n%s", chunk["chunk"] + 1, chunk["chunks"],
+        f" (plan check: {gate.mode}, blocking {gate.blocking.as_dict()})" if gate else "", summary.render("transform"),
+    )  # fmt: skip
     return _next(chunk, "transform", summary)
+
+
+def plan_gate_of(
+    chunk: Mapping[str, Any], s3: QuarantineS3Hook, partition: Iterable[Mapping[str, Any]]
+) -> PlanGate | None:
+    """The plan check of this run: the plan as plan_partition read it, the partition's blocking categories."""
+    settings, paths = settings_of(chunk), paths_of(chunk)
+    if settings.plan_check == plan_gate.OFF:
+        return None
+    found = s3.read_object(settings.state_bucket, paths.data_plan_copy)
+    if found is None:
+        raise AirflowFailException(
+            f"the run's copy of the data plan is gone: s3://{settings.state_bucket}/{paths.data_plan_copy}"
+        )
+    plan = load_plan(jsonio.loads(found[0]), settings.data_plan)
+    counts = merge_all(Summary.from_json(c["summary"]) for c in partition).counts
+    inferred = {name: counts.get(f"records_blocking:{name}", 0) for name in CATEGORIES}
+    return PlanGate(plan, infer_blocking(inferred, settings.plan_blocking), settings.plan_check)
+
+
+def read_data_plan(settings: BackfillSettings, s3: QuarantineS3Hook) -> Any:
+    """The plan document the data_plan setting names: an S3 object, a file, or the Data Planning API."""
+    source = settings.data_plan
+    try:
+        if source.startswith("s3://"):
+            bucket, _, key = source[5:].partition("/")
+            found = s3.read_object(bucket, key)
+            if found is None:
+                raise InvalidSettings("data_plan", f"no such object {source}")
+            body = found[0]
+        elif source.startswith("api:"):
+            from .data_planning import MParticleDataPlanningHook
+
+            return MParticleDataPlanningHook().fetch_plan(source[4:].strip())
+        else:
+            body = Path(source).expanduser().read_bytes()
+        return jsonio.loads(body)
+    except OSError as error:
+        raise InvalidSettings("data_plan", f"cannot read {source}: {error.strerror or error}") from None
+    except jsonio.DecodeError as error:
+        raise InvalidSettings("data_plan", f"{source} is not JSON: {error}") from None
 
 
 def dedupe_check(chunks: Iterable[Mapping[str, Any]], s3: QuarantineS3Hook) -> list[dict[str, Any]]:
@@ -324,27 +401,41 @@ def report(stage_outputs: Iterable[Iterable[Mapping[str, Any]]], s3: QuarantineS
         s3.list_keys(bucket_name=settings.state_bucket, prefix=f"{paths.partition}/dead_letters/{paths.run_key}/")
     )
     title = f"mParticle quarantine backfill {paths.day.isoformat()}" + (" (DRY RUN)" if settings.dry_run else "")
+    held = sorted(s3.list_keys(bucket_name=settings.state_bucket, prefix=f"{paths.partition}/held/{paths.run_key}/"))
+    plan_lines = plan_gate.describe(settings.plan_check, settings.data_plan, settings.plan_version, total.counts)
     report = {
         "partition_date": paths.day.isoformat(),
         "run": paths.run_key,
+        "run_id": first.get("run_id", ""),
         "dry_run": settings.dry_run,
         "settings": {k: v for k, v in first["settings"].items() if k != "fixes"} | {"fixes": len(settings.fixes)},
         "reconciled": total.reconciles(),
         "summary": total.to_json(),
         "totals": {outcome: total.total(outcome) for outcome in OUTCOMES},
         "dead_letters": [f"s3://{settings.state_bucket}/{key}" for key in dead_letters],
+        "held": [f"s3://{settings.state_bucket}/{key}" for key in held],
+        "plan_check": {
+            "mode": settings.plan_check,
+            "data_plan": settings.data_plan or None,
+            "delivery_checked": settings.plan_check != plan_gate.OFF,
+            "summary": plan_lines,
+        },
         "payloads": f"s3://{settings.state_bucket}/{paths.partition}/payloads/{paths.run_key}/"
         if settings.dry_run
         else None,
     }
     markdown = total.render_markdown(title)
+    markdown += "\n## Plan check\n\n" + "\n".join(plan_lines) + "\n"
+    if held:
+        markdown += "\n## Held\n\n" + "\n".join(f"- `{uri}`" for uri in report["held"]) + "\n"
     if dead_letters:
         markdown += "\n## Dead letters\n\n" + "\n".join(f"- `{uri}`" for uri in report["dead_letters"]) + "\n"
     s3.put_bytes(settings.state_bucket, paths.report("json"), jsonio.dumps(report))
     s3.put_bytes(settings.state_bucket, paths.report("md"), markdown.encode(), "text/markdown")
     log.info(
-        "%s\nReport: s3://%s/%s\nDead letters: %d objects under s3://%s/%s/dead_letters/%s/",
-        total.render(title), settings.state_bucket, paths.report("md"), len(dead_letters),
+        "%s\nPlan check: %s\nReport: s3://%s/%s\nDead letters: %d objects under s3://%s/%s/dead_letters/%s/",
+        total.render(title), " ".join(line for line in plan_lines if not line.startswith("|")),
+        settings.state_bucket, paths.report("md"), len(dead_letters),
         settings.state_bucket, paths.partition, paths.run_key,
     )  # fmt: skip
     if not total.reconciles():

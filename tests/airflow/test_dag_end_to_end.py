@@ -145,7 +145,7 @@ def test_partition_end_to_end_then_rerun_sends_nothing_new(airflow_db, s3, conne
     assert summary["reconciled"] is True
     assert summary["summary"]["records_read"] == 6
     assert summary["totals"] == {
-        "replayed": 2, "nothing_to_replay": 0, "too_old": 1, "already_replayed": 1, "dead_lettered": 2,
+        "replayed": 2, "held": 0, "nothing_to_replay": 0, "too_old": 1, "already_replayed": 1, "dead_lettered": 2,
     }  # fmt: skip
     assert summary["summary"]["counts"]["verification_objects_skipped"] == 1
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/lock.json")  # released
