@@ -22,6 +22,8 @@ sys.path.insert(0, str(ROOT))
 from mparticle_backfill import jsonio  # noqa: E402
 from mparticle_backfill.dedupe_check import DedupeCheck  # noqa: E402
 from mparticle_backfill.extract import open_object  # noqa: E402
+from mparticle_backfill.plan_check import BlockingCategories, load_plan  # noqa: E402
+from mparticle_backfill.plan_gate import PlanGate  # noqa: E402
 from mparticle_backfill.select import SelectionSettings  # noqa: E402
 from mparticle_backfill.transform import TransformSettings  # noqa: E402
 from tools import synthetic  # noqa: E402
@@ -82,6 +84,11 @@ def main() -> None:
         help="all: blocked events, attribute-restored events and user attributes; default: the settings' defaults",
     )
     parser.add_argument("--floor", action="store_true", help="also time the C-level work alone, for the ratio")
+    parser.add_argument(
+        "--plan-check",
+        action="store_true",
+        help="also run the pipeline with the plan check (hold) against a 200-point plan, in the same run, for the ratio",
+    )
     args = parser.parse_args()
     paths = generate(args.data, args.records, args.per_object)
     size = sum(p.stat().st_size for p in paths)
@@ -116,6 +123,29 @@ def main() -> None:
     print(f"records/s (cpu)    {summary.records_read / cpu:>12,.0f}")
     print(f"batches packed     {batches:>12,} in {requests:,} requests")
     print(f"peak RSS           {peak:>12,.0f} MB (before run {rss_before:,.0f} MB)")
+    if args.plan_check:
+        document = synthetic.data_plan(extra_points=200 - 17)  # 17 points for the synthetic events + 183 others
+        plan = load_plan(document, "synthetic")
+        gate = PlanGate(plan, BlockingCategories(True, True, True, True), "hold")
+        points = len(plan.versions[3].points)
+        gated_cpu = time.process_time()
+        gated = run_in_one_process(
+            ((p.name, p.open("rb")) for p in paths),
+            selection=SelectionSettings(replay_blocked_event_attributes=args.selection == "all"),
+            cutoff_ms=DAY_MS + 6 * 3_600_000,
+            transform_settings=TransformSettings(plan_version="omit", plan_gate=gate),
+            dedupe=DedupeCheck(),
+            dead_letter=lambda letter: None,
+        )
+        gated_cpu = time.process_time() - gated_cpu
+        assert gated.reconciles(), gated.render()
+        checked = gated.counts["plan_checked_events"]
+        print(
+            f"plan check         {points:>12,} data points; {checked:,} events checked, {gated.counts['events_held']:,} held"
+        )
+        print(f"records/s (cpu)    {gated.records_read / gated_cpu:>12,.0f} with the plan check")
+        print(f"plan check cost    {(gated_cpu - cpu) / max(checked, 1) * 1e6:>12.1f} us per event checked")
+        print(f"throughput kept    {cpu / gated_cpu:>12.0%} of the pipeline without it")
     if args.floor:
         floor_records, floor_cpu = c_floor(paths)
         floor_rate = floor_records / floor_cpu

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
+import msgspec
 from moto.server import ThreadedMotoServer
 
 from tools import synthetic
@@ -30,6 +31,7 @@ LOCAL = ROOT / ".local"
 PID_FILE = LOCAL / "run.pid"
 S3_PORT, API_PORT, WEB_PORT = 5055, 8089, 8080
 BUCKET, PREFIX = "local-quarantine", "mparticle/quarantine"
+PLAN_KEY = "plans/main_plan.json"  # the Variable's data_plan (airflow_settings.yaml) points here
 
 
 def seed(days: list) -> int:
@@ -38,6 +40,8 @@ def seed(days: list) -> int:
         aws_access_key_id="local-access-key", aws_secret_access_key="local-secret-key",
     )  # fmt: skip
     s3.create_bucket(Bucket=BUCKET)
+    # The fixed plan: version 3 allows every synthetic event but "rate trip", which the plan check holds.
+    s3.put_object(Bucket=BUCKET, Key=PLAN_KEY, Body=msgspec.json.encode(synthetic.data_plan()))
     rng = random.Random(2026)
     total = 0
     for day in days:
@@ -86,7 +90,12 @@ def main() -> None:
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
     moto.start()
     emulator = EventsApiEmulator(
-        "local-api-key", "local-api-secret", port=API_PORT, rate=270, record=LOCAL / "events_api_received.jsonl"
+        "local-api-key",
+        "local-api-secret",
+        port=API_PORT,
+        rate=270,
+        record=LOCAL / "events_api_received.jsonl",
+        data_plans=[synthetic.data_plan()],  # what mParticle would block again is counted as quarantined
     ).start()
     today = datetime.now(timezone.utc).date()
     days = [today - timedelta(days=n) for n in (3, 2, 1)]

@@ -113,3 +113,50 @@ def object_body(lines: list[bytes], *, compress: bool) -> bytes:
     """An object's content: NDJSON, gzip-compressed when the output's "Use Compression" is on."""
     body = b"\n".join(lines) + b"\n"
     return gzip.compress(body, compresslevel=5) if compress else body
+
+
+def data_plan(*, held_event: str | None = "rate trip", extra_points: int = 0) -> dict[str, Any]:
+    """A whole data plan for the synthetic records' plan ``main_plan``, in the Data Planning API's format.
+
+    Version 2 (what the records name, no longer active) blocked them; version 3, active in production,
+    allows every synthetic event except ``held_event`` (so a plan check holds those), with open
+    attributes. ``extra_points`` adds custom events nobody sends, for a plan of realistic size.
+    """
+
+    def point(match_type: str, criteria: dict[str, str]) -> dict[str, Any]:
+        return {
+            "match": {"type": match_type, "criteria": criteria},
+            "validator": {
+                "type": "json_schema",
+                "definition": {
+                    "properties": {
+                        "data": {
+                            "additionalProperties": True,
+                            "properties": {"custom_attributes": {"additionalProperties": True}},
+                        }
+                    }
+                },
+            },
+        }
+
+    points = [
+        point("custom_event", {"event_name": name, "custom_event_type": kind})
+        for name in _EVENT_NAMES
+        if name != held_event
+        for kind in ("navigation", "transaction", "other")
+    ]
+    points += [point("screen_view", {"screen_name": screen}) for screen in _SCREENS]
+    points += [
+        point("custom_event", {"event_name": f"planned event {n}", "custom_event_type": "other"})
+        for n in range(extra_points)
+    ]
+    return {
+        "data_plan_id": "main_plan",
+        "data_plan_name": "Main plan (synthetic)",
+        "data_plan_versions": [
+            {"version": 2, "data_plan_id": "main_plan", "activated_environment": "none",
+             "version_document": {"data_points": []}},
+            {"version": 3, "data_plan_id": "main_plan", "activated_environment": "production",
+             "version_document": {"data_points": points}},
+        ],
+    }  # fmt: skip

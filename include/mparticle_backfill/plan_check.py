@@ -504,6 +504,7 @@ class DataPlan:
     versions: Mapping[int, PlanVersion]
     source: str = ""
     single_version: bool = False
+    _chosen: dict[tuple[int | None, str], PlanVersion | str] = field(default_factory=dict, repr=False, compare=False)
 
     def version_for(self, plan_id: str | None, plan_version: int | None, environment: str) -> PlanVersion | str | None:
         """The version a batch's ``context.data_plan`` names.
@@ -516,6 +517,12 @@ class DataPlan:
             return None
         if plan_id != self.plan_id:
             return PLAN_MISMATCH
+        found = self._chosen.get((plan_version, environment))
+        if found is None:
+            found = self._chosen[(plan_version, environment)] = self._choose(plan_version, environment)
+        return found
+
+    def _choose(self, plan_version: int | None, environment: str) -> PlanVersion | str:
         if plan_version is not None:
             return self.versions.get(plan_version, VERSION_MISSING)
         active = [version for version in self.versions.values() if version.activated_environment == environment]

@@ -66,6 +66,8 @@ class PlanGate:
             counts[f"plan_not_checked:{verdict.status}"] += len(events) or 1
             return events, user_attributes
         counts["plan_checked_events"] += len(events)
+        if not verdict.events and not verdict.batch_issues:  # nearly always: everything is planned
+            return events, user_attributes
         held_events: dict[int, list[PlanIssue]] = {}
         for event in verdict.events:
             blocked = [issue for issue in event.issues if issue.blocked]
