@@ -60,16 +60,7 @@ class Condition:
         return not self.field.startswith("user_attributes.")
 
     def holds(self, event: dict[str, Any] | None, user_attributes: dict[str, Any]) -> bool:
-        value = self._value(event, user_attributes)
-        if self.operator == "exists":
-            return (value is not _ABSENT) == self.operand
-        if value is _ABSENT:
-            return False
-        if self.operator == "equals":
-            return value == self.operand
-        if self.operator == "in":
-            return value in self.operand
-        return self.operand.search(str(value)) is not None
+        return passes(self.operator, self.operand, self._value(event, user_attributes))
 
     def _value(self, event: dict[str, Any] | None, user_attributes: dict[str, Any]) -> Any:
         if not self.on_event:
@@ -115,6 +106,22 @@ def _name(value: Any, what: str) -> str:
     return value
 
 
+ABSENT = _ABSENT  # what a path that leads nowhere gives (``exists: false`` holds for it)
+
+
+def passes(operator: str, operand: Any, value: Any) -> bool:
+    """Whether ``value`` (or :data:`ABSENT`) passes a compiled test: the one place the operators are defined."""
+    if operator == "exists":
+        return (value is not _ABSENT) == operand
+    if value is _ABSENT:
+        return False
+    if operator == "equals":
+        return value == operand
+    if operator == "in":
+        return value in operand
+    return operand.search(str(value)) is not None
+
+
 def _compile_condition(raw: Any) -> Condition:
     if not isinstance(raw, dict) or not isinstance(raw.get("field"), str):
         raise ValueError("each condition must be an object with a 'field'")
@@ -123,6 +130,11 @@ def _compile_condition(raw: Any) -> Condition:
         raise ValueError(
             f"condition field {field!r} is not event_type, event_name, data.<path> or user_attributes.<name>"
         )
+    return Condition(field, *compile_test(field, raw))
+
+
+def compile_test(field: str, raw: dict[str, Any]) -> tuple[str, Any]:
+    """The operator and operand of a condition ``{"field": ..., "<operator>": operand}``, validated."""
     operators = [key for key in raw if key != "field"]
     if len(operators) != 1 or operators[0] not in OPERATORS:
         raise ValueError(f"condition on {field!r} must have exactly one of {', '.join(OPERATORS)}")
@@ -139,7 +151,7 @@ def _compile_condition(raw: Any) -> Condition:
             operand = re.compile(operand)
         except re.error as error:
             raise ValueError(f"'matches' on {field!r}: bad regular expression: {error}") from None
-    return Condition(field, operator, operand)
+    return operator, operand
 
 
 def _compile_step(raw: Any) -> Step:

@@ -102,6 +102,7 @@ class Replay(Struct):
     user_attributes: dict[str, Any]
     trail: list[tuple[str, str]] = field(default_factory=list)
     batches: list[ReplayBatch] = field(default_factory=list)
+    route: str = ""  # the Events API connection its batches go to ("": the send task's default)
 
     @property
     def empty(self) -> bool:
@@ -125,6 +126,7 @@ class Replay(Struct):
             "user_attributes": self.user_attributes,
             "trail": [list(item) for item in self.trail],
             "batches": [batch.to_json() for batch in self.batches],
+            "route": self.route,
         }
 
     @classmethod
@@ -137,6 +139,7 @@ class Replay(Struct):
             user_attributes=value["user_attributes"],
             trail=[(item[0], item[1]) for item in value["trail"]],
             batches=[ReplayBatch.from_json(batch) for batch in value["batches"]],
+            route=value.get("route", ""),
         )
 
 

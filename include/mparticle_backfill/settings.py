@@ -16,6 +16,7 @@ from .partition import DATE_FOLDERS, LAYOUTS, PartitionLayout
 from .plan_check import infer_blocking
 from .plan_gate import HOLD, OFF, PlanGate
 from .plan_gate import MODES as PLAN_CHECK_MODES
+from .routes import SEND_TO_DEFAULT, Routing, compile_routes
 from .select import SelectionSettings
 from .transform import KEEP, OMIT, TransformSettings
 
@@ -65,6 +66,16 @@ SETTINGS: dict[str, tuple[Any, str]] = {
         "(a category blocks if any record had something of it blocked).",
     ),
     "fixes": ([], "Fix rules (a JSON list), validated before any data is read."),
+    "routes": (
+        [],
+        'Which Events API connection (input) receives each batch: a JSON list of {"when": [conditions on '
+        'batch fields, e.g. {"field": "application_info.os", "equals": "IOS"}], "connection": "<conn id>"}; '
+        "the first that matches wins.",
+    ),
+    "unrouted": (
+        "default",
+        "Batches no route matches: 'default' (the mparticle_events_api connection) or 'hold' (not sent, no_route).",
+    ),
     "dry_run": (False, "Send nothing; write the payloads that would be sent."),
     "force": (False, "Resend what the ledger says was already accepted."),
     "partition_date": (None, "YYYY-MM-DD: the quarantine date to process (default: from the run)."),
@@ -145,6 +156,9 @@ class BackfillSettings:
     plan_blocking: dict[str, bool] | None = None
     fixes: tuple[FixRule, ...] = ()
     raw_fixes: list[Any] = field(default_factory=list)
+    routing: Routing = field(default_factory=Routing)
+    raw_routes: list[Any] = field(default_factory=list)
+    unrouted: str = SEND_TO_DEFAULT
     dry_run: bool = False
     force: bool = False
     partition_date: date | None = None
@@ -168,14 +182,20 @@ class BackfillSettings:
 
     def transform_settings(self, request_id_salt: str = "", plan_gate: PlanGate | None = None) -> TransformSettings:
         return TransformSettings(
-            self.environment, self.plan_version, self.include_blocked_identities, self.fixes, request_id_salt, plan_gate
+            self.environment,
+            self.plan_version,
+            self.include_blocked_identities,
+            self.fixes,
+            request_id_salt,
+            plan_gate,
+            self.routing if self.routing.routes else None,
         )
 
     def to_json(self) -> dict[str, Any]:
         """The settings as plain JSON (for XCom and the report)."""
         result: dict[str, Any] = {}
         for name in SETTINGS:
-            value = self.raw_fixes if name == "fixes" else getattr(self, name)
+            value = self.raw_fixes if name == "fixes" else self.raw_routes if name == "routes" else getattr(self, name)
             result[name] = value.isoformat() if isinstance(value, (date, datetime)) else value
         return result
 
@@ -233,6 +253,14 @@ def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
             infer_blocking({}, plan_blocking)
         except InvalidSettings as error:
             raise InvalidSettings("plan_blocking", error.problem) from None
+    raw_routes = merged.get("routes", [])
+    if isinstance(raw_routes, str):
+        try:
+            raw_routes = jsonio.loads(raw_routes)
+        except jsonio.DecodeError as error:
+            raise InvalidSettings("routes", f"is not valid JSON: {error}") from None
+    unrouted = str(merged.get("unrouted") or SEND_TO_DEFAULT)
+    routing = compile_routes(raw_routes, unrouted)
     raw_fixes = merged.get("fixes", [])
     if isinstance(raw_fixes, str):
         try:
@@ -268,6 +296,9 @@ def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
         plan_blocking=plan_blocking,
         fixes=compile_rules(raw_fixes),
         raw_fixes=list(raw_fixes or []),
+        routing=routing,
+        raw_routes=list(raw_routes or []),
+        unrouted=unrouted,
         dry_run=_bool("dry_run", merged.get("dry_run", False)),
         force=_bool("force", merged.get("force", False)),
         partition_date=parse_date("partition_date", merged["partition_date"]) if "partition_date" in merged else None,

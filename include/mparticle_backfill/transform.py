@@ -13,13 +13,15 @@ from . import jsonio, limits
 from .accounting import Step, Summary, advance
 from .errors import FixFailed, InvalidSettings
 from .fixes import FixRule, apply_fixes
-from .model import DEAD_LETTERED, DeadLetter, DeadLetterSink, Replay, ReplayBatch, SelectedEvent
+from .model import DEAD_LETTERED, HELD, DeadLetter, DeadLetterSink, Replay, ReplayBatch, SelectedEvent
 from .plan_gate import PlanGate
+from .routes import NO_ROUTE, Routing
 from .values import exact_int
 
 KEEP = "keep"
 OMIT = "omit"
 STAGE = "transform"
+ROUTE_STAGE = "route"  # what no route takes is held, like what the plan would block
 
 # Dead-letter reasons of this stage.
 NO_RESOLVABLE_IDENTITY = "no_resolvable_identity"
@@ -50,6 +52,7 @@ class TransformSettings:
     :param request_id_salt: mixed into ``source_request_id``; empty for normal runs, so a repeated send
         has the same id and mParticle drops it. A forced resend sets it (else mParticle would drop it).
     :param plan_gate: the data plan check (:mod:`.plan_gate`); None sends without checking.
+    :param routing: which connection each record's batches go to (:mod:`.routes`); None: the default.
     """
 
     environment: str | None = None
@@ -58,6 +61,7 @@ class TransformSettings:
     fixes: tuple[FixRule, ...] = ()
     request_id_salt: str = ""
     plan_gate: PlanGate | None = None
+    routing: Routing | None = None
 
     def __post_init__(self) -> None:
         if self.environment is not None and self.environment not in limits.ENVIRONMENTS:
@@ -164,6 +168,20 @@ def transform(
         counts[f"events_dead_lettered:{reason}"] += events
         replay.trail.append((DEAD_LETTERED, reason))
         dead_letter(DeadLetter(replay.ref, STAGE, reason, detail, content))
+
+    if settings.routing is not None and settings.routing.routes:
+        route = settings.routing.route_for(batch)
+        if route is None:  # no rule matched and unrouted = hold
+            counts["events_held:no_route"] += len(replay.events)
+            replay.trail.append((HELD, NO_ROUTE))
+            dead_letter(
+                DeadLetter(
+                    replay.ref, ROUTE_STAGE, NO_ROUTE, "no route matched this batch", _with_events(batch, replay.events)
+                )
+            )
+            replay.events, replay.user_attributes = [], {}
+            return replay
+        replay.route = route
 
     if not has_resolvable_identity(batch):
         reject(

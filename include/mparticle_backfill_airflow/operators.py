@@ -3,9 +3,10 @@ report on the run with links to the report and the dead letters."""
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, Context
@@ -119,27 +120,39 @@ class MParticleSendOperator(BaseOperator):
         bucket = settings.state_bucket
         summary = Summary()
         index = chunk["chunk"]
-        replays: Iterable[Replay] = s3.read_replays(bucket, paths.stage_output("dedupe_check", index))
+        stage_file = paths.stage_output("dedupe_check", index)
         try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
         ledger = LedgerWriter(s3, bucket, paths, index, f"try{try_number}-{uuid.uuid4().hex[:8]}")
-        if not settings.dry_run:
+        accepted: set[str] = set()
+        if not settings.dry_run and try_number > 1:
             # What earlier tries of this run had accepted (a forced run reads only its own parts).
-            prefix = paths.ledger_run_prefix if settings.force else paths.ledger_prefix
-            accepted = s3.read_ledger(bucket, prefix) if try_number > 1 else set()
-            replays = skip_accepted(replays, accepted, summary)
+            accepted = s3.read_ledger(bucket, paths.ledger_run_prefix if settings.force else paths.ledger_prefix)
+        # One pass over the stage file per route: each connection (input) has its own client, pacing,
+        # retries and credentials; a route that fails does not stop the others, and is reported at the end.
+        routes = [""] + [
+            connection for connection in settings.routing.connections if connection != self.mparticle_conn_id
+        ]
+        failures: dict[str, BaseException] = {}
         with s3.stage_file(bucket, paths.dead_letters("send", index), upload_empty=False) as dead:
-            tracker = SendTracker(summary, dead.write_dead_letter)
-            requests_to_send = pack_requests(replays, tracker)
-            if settings.dry_run:
-                with s3.stage_file(bucket, paths.payloads(index), upload_empty=False) as out:
-                    for request in requests_to_send:
-                        summary.counts["requests_dry_run"] += 1
-                        for payload in payloads(request):
-                            out.write(payload)
-                        for batch in request.batches:
-                            tracker.accepted(batch, "dry_run")
-            else:
-                self._send(requests_to_send, tracker, ledger, summary, lambda: tasks.heartbeat(chunk, s3))
+            for route in routes:
+                connection = route or self.mparticle_conn_id
+                replays: Iterable[Replay] = only_route(
+                    s3.read_replays(bucket, stage_file), route, self.mparticle_conn_id
+                )
+                if not settings.dry_run:
+                    replays = skip_accepted(replays, accepted, summary)
+                tracker = SendTracker(summary, dead.write_dead_letter)
+                requests_to_send = pack_requests(replays, tracker)
+                if settings.dry_run:
+                    self._dry_run(s3, bucket, paths, index, route, requests_to_send, tracker, summary)
+                    continue
+                try:
+                    self._send(
+                        connection, requests_to_send, tracker, ledger, summary, lambda: tasks.heartbeat(chunk, s3)
+                    )
+                except Exception as error:
+                    failures[connection] = error
+                    self.log.error("send chunk %d: route %s stopped: %s", index + 1, connection, error)
         self.log.info(
             "send chunk %d/%d (try %d): %d requests, %d retries, %d throttled, %d batches accepted, %d rejected, "
             "%d skipped (accepted by an earlier try), %d replay keys added to the ledger%s\n%s",
@@ -148,10 +161,36 @@ class MParticleSendOperator(BaseOperator):
             summary.counts[f"batches_skipped:{ACCEPTED_BY_EARLIER_TRY}"], ledger.written,
             " (DRY RUN: nothing sent)" if settings.dry_run else "", summary.render("send"),
         )  # fmt: skip
+        if failures:
+            message = "; ".join(f"route {connection}: {error}" for connection, error in failures.items())
+            if any(isinstance(error, AirflowFailException) for error in failures.values()):
+                raise AirflowFailException(message)  # what a retry cannot fix: a person must
+            raise RuntimeError(message)  # transient: Airflow retries, and the retry sends only what is missing
         return {**chunk, "stage": "send", "summary": summary.to_json()}
+
+    def _dry_run(
+        self,
+        s3: QuarantineS3Hook,
+        bucket: str,
+        paths: StatePaths,
+        index: int,
+        route: str,
+        requests_to_send: Iterable[BulkRequest],
+        tracker: SendTracker,
+        summary: Summary,
+    ) -> None:
+        key = paths.payloads(index) if not route else paths.payloads(index).replace(".ndjson", f"-{route}.ndjson")
+        with s3.stage_file(bucket, key, upload_empty=False) as out:
+            for request in requests_to_send:
+                summary.counts["requests_dry_run"] += 1
+                for payload in payloads(request):
+                    out.write(payload)
+                for batch in request.batches:
+                    tracker.accepted(batch, "dry_run")
 
     def _send(
         self,
+        connection: str,
         requests_to_send: Iterable[BulkRequest],
         tracker: SendTracker,
         ledger: LedgerWriter,
@@ -160,15 +199,23 @@ class MParticleSendOperator(BaseOperator):
     ) -> None:
         from .events_api_hook import MParticleEventsHook
 
-        hook = MParticleEventsHook(self.mparticle_conn_id)
+        requests_to_send = iter(requests_to_send)
+        first = next(requests_to_send, None)
+        if first is None:  # nothing for this route: its connection is not even opened
+            return
+        requests_to_send = itertools.chain([first], requests_to_send)
+        hook = MParticleEventsHook(connection)
         last_heartbeat = time.monotonic()
 
         def record(result: RequestResult) -> None:
             nonlocal last_heartbeat
             summary.counts["requests"] += 1
+            summary.counts[f"route:{connection}:requests"] += 1
             summary.counts["http_requests"] += result.http_requests
             summary.counts["retries"] += result.retries
             summary.counts["throttled"] += result.throttled
+            summary.counts[f"route:{connection}:batches_accepted"] += len(result.accepted)
+            summary.counts[f"route:{connection}:batches_rejected"] += len(result.rejected)
             for batch in result.accepted:
                 ledger.add(batch.replay_keys)
                 tracker.accepted(batch)
@@ -182,11 +229,19 @@ class MParticleSendOperator(BaseOperator):
             for result in hook.send_requests(requests_to_send):
                 record(result)
         except (CredentialsRefused, InvalidSettings, RequestRefused, TooManyRejections) as error:
-            raise AirflowFailException(str(error)) from None
+            raise AirflowFailException(f"connection {connection!r}: {error}") from None
         finally:
             ledger.flush()  # whatever happened, every key the API accepted reaches the ledger
         if tracker.waiting:
-            raise RuntimeError(f"{tracker.waiting} records got no answer from the Events API")
+            raise RuntimeError(f"{tracker.waiting} records got no answer from the Events API ({connection})")
+
+
+def only_route(replays: Iterable[Replay], route: str, default: str) -> Iterator[Replay]:
+    """The replays whose batches go to ``route`` ("" or ``default``: those routed to the default connection)."""
+    wanted = {route} if route else {"", default}
+    for replay in replays:
+        if replay.route in wanted:
+            yield replay
 
 
 class MParticleReportOperator(BaseOperator):

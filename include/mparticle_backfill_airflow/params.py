@@ -32,6 +32,8 @@ _TYPES: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
     },
     "fixes": {"type": ["null", "array"]},
+    "routes": {"type": ["null", "array"]},
+    "unrouted": {"type": ["null", "string"], "enum": [None, "default", "hold"]},
     "dry_run": {"type": ["null", "boolean"]},
     "force": {"type": ["null", "boolean"]},
     "partition_date": {"type": ["null", "string"], "format": "date"},

@@ -34,12 +34,13 @@ from mparticle_backfill.settings import (
     resolve_partition_date,
     run_key,
 )
-from mparticle_backfill.transform import KEEP, transform_replays
+from mparticle_backfill.transform import KEEP, ROUTE_STAGE, transform_replays
 
 if TYPE_CHECKING:  # imported when a task runs (boto3), not when the DAG file is parsed
     from .s3_hook import QuarantineS3Hook
 
 log = logging.getLogger(__name__)
+HELD_STAGES = (plan_gate.STAGE, ROUTE_STAGE)  # what is set aside to be sent later, not dead-lettered
 S3_CONN_ID = "mparticle_quarantine_s3"
 
 
@@ -106,6 +107,7 @@ def plan_partition(
     summary.counts["objects_listed"] = len(keys)
     summary.counts["verification_objects_skipped"] = skipped
     paths = StatePaths(settings.state_prefix, day, run_key(run_id))
+    check_route_connections(settings)
     if settings.plan_check != plan_gate.OFF:  # read and checked once, before any data is read
         try:
             document = read_data_plan(settings, s3)
@@ -313,7 +315,7 @@ def transform(
     ):
 
         def set_aside(letter: DeadLetter) -> None:
-            (held if letter.stage == plan_gate.STAGE else dead).write_dead_letter(letter)
+            (held if letter.stage in HELD_STAGES else dead).write_dead_letter(letter)
 
         transform_settings = settings.transform_settings(request_id_salt(chunk), gate)
         for replay in transform_replays(replays, transform_settings, summary, set_aside):
@@ -341,6 +343,24 @@ def plan_gate_of(
     counts = merge_all(Summary.from_json(c["summary"]) for c in partition).counts
     inferred = {name: counts.get(f"records_blocking:{name}", 0) for name in CATEGORIES}
     return PlanGate(plan, infer_blocking(inferred, settings.plan_blocking), settings.plan_check)
+
+
+def check_route_connections(settings: BackfillSettings) -> None:
+    """Every connection a route names must exist: fail the run before any data is read, naming the rule."""
+    if not settings.routing.routes:
+        return
+    from airflow.sdk import BaseHook
+
+    named = {route.connection: route.label for route in reversed(settings.routing.routes)}
+    for connection in settings.routing.connections:
+        try:
+            BaseHook.get_connection(connection)
+        except Exception:  # AirflowNotFoundException, or a secrets backend that cannot find it
+            where = f"route {named[connection]}" if connection in named else "the default route (unrouted = default)"
+            raise AirflowFailException(
+                f"Invalid settings: {where} names the connection {connection!r}, which does not exist; create it "
+                "(type mparticle or http: the input's API key and secret) or fix the route"
+            ) from None
 
 
 def read_data_plan(settings: BackfillSettings, s3: QuarantineS3Hook) -> Any:

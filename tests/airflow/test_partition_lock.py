@@ -45,7 +45,6 @@ def holder(s3):
 
 
 def release(store, run_id, dry_run=False):
-    from mparticle_backfill.settings import parse_settings, run_key
     from mparticle_backfill_airflow.tasks import release_partition
 
     return release_partition([chunk_of(run_id, dry_run=dry_run)], store)

@@ -234,7 +234,7 @@ def test_the_breaker_stops_when_the_api_refuses_nearly_everything(emulator):
         refused.append(bad)
     client = client_for(emulator.url, max_workers=2, breaker_min_batches=200)
     answered = []
-    with pytest.raises(TooManyRejections, match="refused .* of the first .* batches.*One refusal:"):
+    with pytest.raises(TooManyRejections, match=r"refused .* of the first .* batches.*One refusal:"):
         for result in client.send(requests_of(refused)):
             answered.append(result)
     rejected = sum(len(r.rejected) for r in answered)
