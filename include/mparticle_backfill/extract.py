@@ -31,6 +31,9 @@ UNKNOWN_DTO_VERSION = "unknown_dto_version"
 INVALID_BLOCK_METADATA = "invalid_block_metadata"
 INVALID_BATCH = "invalid_batch"
 CORRUPT_GZIP = "corrupt_gzip"
+# A dead letter of JSON that does not decode keeps at most this much of it (the detail says where the
+# rest is): a corrupt stretch of a Firehose object may run to the end of an object of many MB.
+MAX_DEAD_LETTER_BYTES = 64 * 1024
 
 _convert = msgspec.convert
 _LIST_FIELDS = (
@@ -186,21 +189,70 @@ def _bad(ref: RecordRef, raw: bytes, reason: str, detail: str) -> BadRecord:
     return BadRecord(ref, reason, detail, raw.decode("utf-8", errors="replace"))
 
 
-def parse_line(object_key: str, line_number: int, raw: bytes) -> list[QuarantineRecord | BadRecord]:
-    """Parse one NDJSON line; a line of several concatenated documents gives one record per part."""
+def parse_line(
+    object_key: str, line_number: int, raw: bytes, offset: int = 0, *, compressed: bool = False
+) -> list[QuarantineRecord | BadRecord]:
+    """Parse one NDJSON line; a line of several concatenated documents gives one record per part.
+
+    See :func:`iter_line_records` (this is it, as a list).
+    """
+    return list(iter_line_records(object_key, line_number, raw, offset, compressed=compressed))
+
+
+def iter_line_records(
+    object_key: str, line_number: int, raw: bytes, offset: int = 0, *, compressed: bool = False
+) -> Iterator[QuarantineRecord | BadRecord]:
+    """The records of one line, as they are decoded (a Firehose object may be one line of many MB).
+
+    A line holding one document (NDJSON) is one record with part 0. A line of several concatenated
+    documents (Kinesis Firehose) gives parts 1, 2, ... in order; a stretch that is not JSON is one
+    ``invalid_json`` part located by its byte offset, and every document before and after it is read.
+
+    :param raw: the line without the whitespace around it.
+    :param offset: where ``raw`` starts in the object (after gunzip when ``compressed``), for locating bad parts.
+    """
     try:
-        return [parse_document(RecordRef(object_key, line_number), jsonio.loads(raw), raw)]
+        document = jsonio.loads(raw)
     except jsonio.DecodeError:
-        pass  # several documents on one line (Firehose), or not JSON: the slow path tells which
-    try:
-        documents = list(jsonio.iter_documents(raw))
-    except jsonio.DecodeError as error:
-        detail = str(error).replace("JSON is malformed: ", "")
-        return [_bad(RecordRef(object_key, line_number), raw, INVALID_JSON, detail)]
-    return [
-        parse_document(RecordRef(object_key, line_number, part), document, jsonio.dumps(document))
-        for part, document in enumerate(documents, start=1)
-    ]
+        pass  # several documents on one line (Firehose), or not JSON: the scanner tells which
+    else:
+        yield parse_document(RecordRef(object_key, line_number), document, raw)
+        return
+    size = len(raw)
+    for number, part in enumerate(jsonio.iter_parts(raw, _is_batch), start=1):
+        whole_line = part.start == 0 and part.end == size  # a line that is not JSON at all: part 0, as above
+        ref = RecordRef(object_key, line_number, 0 if whole_line else number)
+        if part.error:
+            yield _not_json(ref, raw, part, offset, compressed)
+            continue
+        record = parse_document(ref, part.value, raw[part.start : part.end])
+        if type(record) is QuarantineRecord and record.identity.startswith("sha256:"):
+            # Without a batch_id, a part's identity has always hashed its compact encoding (not the
+            # bytes as written): keep it so, or the ledger would not know records replayed before.
+            record.identity = batch_identity(part.value, jsonio.dumps(part.value))
+        yield record
+
+
+def _is_batch(document: Any) -> bool:
+    """Where a stretch of corrupt JSON ends: at the next object shaped like a quarantine batch (with a
+    ``context`` object holding ``data_plan``). No object nested in a batch is one, so the broken
+    record's own nested objects never pass for records."""
+    if type(document) is not dict:
+        return False
+    context = document.get("context")
+    return type(context) is dict and "data_plan" in context
+
+
+def _not_json(ref: RecordRef, raw: bytes, part: jsonio.Part, offset: int, compressed: bool) -> BadRecord:
+    """A stretch of a line that is not JSON, located by byte offset, its content cut to a sane size."""
+    length = part.end - part.start
+    where = "the object after gunzip" if compressed else "the object"
+    detail = f"{length} bytes from byte {offset + part.start} of {where} (line {ref.line}) are not JSON: "
+    detail += part.error + (f" near byte {offset + part.error_at}" if part.error_at >= 0 else "")
+    content = raw[part.start : part.start + min(length, MAX_DEAD_LETTER_BYTES)]
+    if length > MAX_DEAD_LETTER_BYTES:
+        detail += f"; content is their first {MAX_DEAD_LETTER_BYTES:,} bytes"
+    return BadRecord(ref, INVALID_JSON, detail, content.decode("utf-8", errors="replace"))
 
 
 def iter_records(object_key: str, stream: Any) -> Iterator[QuarantineRecord | BadRecord]:
@@ -208,16 +260,21 @@ def iter_records(object_key: str, stream: Any) -> Iterator[QuarantineRecord | Ba
 
     Blank lines are skipped; verification objects yield nothing; a corrupt or truncated gzip stream
     yields one bad record naming the line where reading stopped. Nothing here raises on bad data.
+    A Firehose object of records concatenated without newlines is one line, held whole while it is
+    read; its records are still decoded and yielded one at a time.
     """
     if is_verification_object(object_key):
         return
     line_number = 0
+    line_start = 0  # offset of the line in the object (after gunzip)
     reader, compressed = open_object(stream)
     try:
         for line_number, raw_line in enumerate(reader, start=1):
             raw = raw_line.strip()
             if raw:
-                yield from parse_line(object_key, line_number, raw)
+                offset = line_start + len(raw_line) - len(raw_line.lstrip())
+                yield from iter_line_records(object_key, line_number, raw, offset, compressed=compressed)
+            line_start += len(raw_line)
     except (EOFError, OSError, zlib.error) as error:
         what = "truncated" if isinstance(error, EOFError) else "corrupt"
         yield BadRecord(

@@ -6,18 +6,20 @@ import gzip
 import io
 import json
 import random
+import re
+import zlib
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mparticle_backfill.dedupe_check import DedupeCheck
-from mparticle_backfill.extract import CORRUPT_GZIP, GZIP_MAGIC, iter_records
+from mparticle_backfill.extract import CORRUPT_GZIP, GZIP_MAGIC, INVALID_JSON, iter_records
 from mparticle_backfill.model import BadRecord, QuarantineRecord
 from mparticle_backfill.select import SelectionSettings
 from mparticle_backfill.transform import TransformSettings
 from tests.conftest import REAL_RECORD_TIME_MS, real_record_dict
 from tools import synthetic
-from tools.one_process import run_in_one_process
+from tools.one_process import run_in_one_process, run_staged
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -103,6 +105,53 @@ def test_counts_always_reconcile(values, duplicates, junk, options, cutoff_shift
         assert summary.records_read >= sum(1 for line in lines if line.strip())
     elif body.startswith(GZIP_MAGIC) and not compress:
         assert any(letter.reason == CORRUPT_GZIP for letter in dead)
+
+
+@settings(max_examples=120, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    values=st.lists(st.tuples(json_values, st.sampled_from(PATHS)), max_size=6),
+    duplicates=st.integers(0, 3),
+    junk=st.lists(st.binary(max_size=50), max_size=3),
+    options=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+    cutoff_shift=st.integers(-(10**6), 10**6),
+    chunk_count=st.integers(1, 4),
+    refused_share=st.sampled_from([0, 3, 1]),
+    crash_after=st.sampled_from([None, 0, 1]),
+    ledger_share=st.sampled_from([0, 2]),
+)
+def test_counts_reconcile_on_the_staged_path_the_dag_runs(
+    values, duplicates, junk, options, cutoff_shift, chunk_count, refused_share, crash_after, ledger_share
+):
+    """Chunks, stage files between tasks, the dedupe check over every chunk, the send tracker with refused
+    batches, a send that dies and is retried reading what it recorded, and an earlier run's ledger."""
+    records = [mutated_record(value, path) for value, path in values] + [real_record_dict()] * duplicates
+    lines = [json.dumps(r).encode() for r in records] + [j.replace(b"\n", b"") for j in junk]
+    random.Random(len(lines)).shuffle(lines)
+    objects = [
+        (f"q/2020-09-11/App_2020091100000000000{i}_00001.txt", b"\n".join(lines[i::chunk_count]))
+        for i in range(chunk_count)
+    ]
+    chunks = [[(key, io.BytesIO(body))] for key, body in objects]
+    real = real_record_dict()
+    earlier_run = [f"{real['batch_id']}:{event['data']['event_id']}" for event in real["events"]][:ledger_share]
+
+    def refuse(batch):
+        return "BAD_REQUEST: refused" if refused_share and zlib.crc32(batch.body) % refused_share == 0 else None
+
+    dead = []
+    summary = run_staged(
+        chunks,
+        selection=SelectionSettings(*options[:3]),
+        cutoff_ms=REAL_RECORD_TIME_MS + cutoff_shift,
+        transform_settings=TransformSettings(include_blocked_identities=options[3]),
+        ledger=earlier_run,
+        dead_letter=dead.append,
+        refuse=refuse,
+        crash_after_requests=crash_after,
+    )
+    assert summary.reconciles(), summary.render()
+    refused = [letter for letter in dead if letter.reason == "rejected_by_api"]
+    assert len(refused) == summary.counts["batches_rejected"]
 
 
 def test_synthetic_partition_reconciles_exactly():
@@ -204,3 +253,65 @@ def test_block_metadata_fast_check_and_diagnosis_agree(metadata):
         assert (reason, detail) == _diagnose_block_metadata(metadata)
     else:
         assert block.blocked_event_ids == {str(i).strip() for i in metadata.get("blocked_event_ids") or ()}
+
+
+# Kinesis Data Firehose objects: records concatenated with or without separators, corrupt fragments
+# between them. A fragment is corrupt: a record cut short anywhere, or bytes that cannot start JSON.
+_STRING_TEXT = st.text(alphabet='{}[]":,\\ ab\u00e9', max_size=12)
+_SEPARATORS = st.sampled_from([b"", b"", b" ", b"\n", b"\r\n", b"\t \n ", b"\n\n"])
+
+
+@st.composite
+def _firehose_object(draw):
+    """(object bytes, names of the records in order, byte ranges of the records, number of fragments)."""
+    pieces, names, ranges, fragments = [], [], [], 0
+    size = 0
+
+    def add(piece):
+        nonlocal size
+        pieces.append(piece)
+        size += len(piece)
+
+    for index in range(draw(st.integers(0, 5))):
+        record = real_record_dict()
+        record["batch_id"] = 2**63 - 1 - index  # exact beyond 2**53, and the record's name
+        record["user_attributes"]["note"] = draw(_STRING_TEXT)
+        compact = draw(st.booleans())
+        encoded = json.dumps(record, separators=(",", ":") if compact else None).encode()
+        for _ in range(draw(st.integers(0, 2))):
+            if draw(st.booleans()):
+                cut = draw(st.integers(1, len(encoded) - 1))
+                fragment = encoded[:cut]
+            else:
+                first = draw(st.sampled_from([b"#", b"!", b"\x00", b"\xff", b"@", b"x"]))
+                fragment = first + draw(st.binary(max_size=40)).replace(b"\n", b"")
+            add(fragment)
+            add(draw(_SEPARATORS))
+            fragments += 1
+        ranges.append((size, size + len(encoded)))
+        add(encoded)
+        names.append(str(record["batch_id"]))
+        add(draw(_SEPARATORS))
+    if draw(st.booleans()):
+        add(draw(st.sampled_from([b"#tail", b'{"events": [{"data": {"x": "}{'])))  # a final part cut short
+        fragments += 1
+    return b"".join(pieces), names, ranges, fragments
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(firehose=_firehose_object(), compress=st.booleans())
+def test_firehose_records_are_read_once_whatever_corrupt_fragments_lie_between(firehose, compress):
+    """Every record is read exactly once; each corrupt fragment is at most one dead letter, located by
+    a byte range that holds no byte of any record; nothing raises."""
+    body, names, ranges, fragments = firehose
+    items = list(iter_records("k.txt", io.BytesIO(gzip.compress(body) if compress else body)))
+    records = [item for item in items if isinstance(item, QuarantineRecord)]
+    letters = [item for item in items if isinstance(item, BadRecord)]
+    assert [record.identity for record in records] == names
+    assert all(type(record.batch["batch_id"]) is int for record in records)
+    assert all(letter.reason == INVALID_JSON for letter in letters)
+    assert (0 if fragments == 0 else 1) <= len(letters) <= fragments
+    for letter in letters:
+        length, start = map(int, re.match(r"(\d+) bytes from byte (\d+) ", letter.detail).groups())
+        assert body[start : start + length].decode("utf-8", "replace").startswith(letter.raw)
+        assert all(start + length <= first or last <= start for first, last in ranges)
