@@ -19,94 +19,114 @@ identities, without `batch_id`, within the replay window (14 days by default), n
 
 **One run per partition at a time.** `plan_partition` takes `<state>/<date>/lock.json` (an S3
 conditional write); a second run of the same date fails there, before reading anything, and says
-which run holds it. A lock left by a run that died is taken over after `lock_ttl_hours`.
+which run holds it. A run whose lock Airflow reports running is never taken over.
 
 **Run dates are partition dates.** The daily run for interval *D* (it starts once *D* has ended)
 processes partition *D*; a backfill from *D1* to *D2* processes *D1*..*D2*; a manual run takes
 `partition_date` (or, without it, yesterday). Settings come from the Variable `mparticle_backfill`;
 any of them can be overridden in the trigger form. `dry_run` sends nothing and writes the payloads.
+
+**Several quarantine outputs**: with `mparticle_backfills.yaml` beside this file, one DAG per entry
+(`mparticle_quarantine_backfill__<name>`), each with its own settings, Variable, connections and pool.
+Without it, this single DAG.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-from airflow.sdk import CronDataIntervalTimetable, Variable, dag, get_current_context, task
+from airflow.sdk import DAG, CronDataIntervalTimetable, Variable, dag, get_current_context, task
 
-from mparticle_backfill_airflow import tasks
+from mparticle_backfill_airflow import backfills, tasks
 from mparticle_backfill_airflow.operators import MParticleReportOperator, MParticleSendOperator
 from mparticle_backfill_airflow.params import run_params
 
-SETTINGS_VARIABLE = "mparticle_backfill"
-EVENTS_API_POOL = "mparticle_events_api"
 
+def build(backfill: backfills.Backfill) -> DAG:
+    """One backfill DAG: the tasks chained extract -> filter_by_age -> transform -> dedupe_check -> send -> report."""
 
-@dag(
-    dag_id="mparticle_quarantine_backfill",
-    # A data-interval timetable: the run of interval [D, D+1) is partition D, and backfills pick dates.
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
-    catchup=False,
-    max_active_runs=3,
-    params=run_params(),
-    doc_md=__doc__,
-    tags=["mparticle", "backfill", "quarantine"],
-    default_args={
-        "owner": "data-engineering",
-        "retries": 3,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
-)
-def mparticle_quarantine_backfill() -> None:
-    @task
-    def plan_partition() -> list[dict]:
-        context = get_current_context()
-        dag_run = context["dag_run"]
-        return tasks.plan_partition(
-            Variable.get(SETTINGS_VARIABLE, default=None, deserialize_json=True),
-            context["params"],
-            run_id=dag_run.run_id,
-            data_interval_start=context.get("data_interval_start"),
-            run_after=dag_run.run_after,
-            s3=tasks.quarantine_s3(),
-            dag_id=dag_run.dag_id,
-            run_state=context["ti"].get_dagrun_state,  # a lock whose run is alive is never taken over
-        )
-
-    @task
-    def extract(chunk: dict) -> dict:
-        return tasks.extract(chunk, tasks.quarantine_s3())
-
-    @task
-    def filter_by_age(chunk: dict) -> dict:
-        return tasks.filter_by_age(chunk, tasks.quarantine_s3())
-
-    @task
-    def transform(chunk: dict, partition: list[dict]) -> dict:
-        return tasks.transform(chunk, tasks.quarantine_s3(), partition)
-
-    @task
-    def dedupe_check(chunks: list[dict]) -> list[dict]:
-        return tasks.dedupe_check(chunks, tasks.quarantine_s3())
-
-    @task
-    def release_partition(chunks: list[dict]) -> bool:
-        return tasks.release_partition(chunks, tasks.quarantine_s3())
-
-    planned = plan_partition()
-    extracted = extract.expand(chunk=planned)
-    filtered = filter_by_age.expand(chunk=extracted)
-    # Every transform sees all extract chunks' counts: the plan check infers blocking per partition.
-    transformed = transform.partial(partition=extracted).expand(chunk=filtered)
-    deduped = dedupe_check(transformed)
-    sent = MParticleSendOperator.partial(task_id="send", pool=EVENTS_API_POOL).expand(chunk=deduped)
-    reported = MParticleReportOperator(
-        task_id="report", stage_outputs=[planned, extracted, filtered, transformed, deduped, sent.output]
+    @dag(
+        dag_id=backfill.dag_id,
+        # A data-interval timetable: the run of interval [D, D+1) is partition D, and backfills pick dates.
+        schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+        start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+        catchup=False,
+        max_active_runs=3,
+        params=run_params(),
+        doc_md=__doc__ + (f"\n\n**{backfill.dag_id}**: {backfill.description}" if backfill.description else ""),
+        tags=["mparticle", "backfill", "quarantine", *backfill.tags],
+        default_args={
+            "owner": "data-engineering",
+            "retries": 3,
+            "retry_delay": timedelta(minutes=1),
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(minutes=30),
+        },
     )
-    # A teardown: runs once the run's work is done, whether it succeeded or failed.
-    reported >> release_partition(planned).as_teardown(setups=planned)
+    def mparticle_quarantine_backfill() -> None:
+        @task
+        def plan_partition() -> list[dict]:
+            context = get_current_context()
+            dag_run = context["dag_run"]
+            variable = Variable.get(backfill.variable, default=None, deserialize_json=True)
+            return tasks.plan_partition(
+                {**backfill.settings, **(variable or {})}
+                if isinstance(variable, dict) or variable is None
+                else variable,
+                context["params"],
+                run_id=dag_run.run_id,
+                data_interval_start=context.get("data_interval_start"),
+                run_after=dag_run.run_after,
+                s3=tasks.quarantine_s3(backfill.aws_conn_id),
+                dag_id=dag_run.dag_id,
+                run_state=context["ti"].get_dagrun_state,  # a lock whose run is alive is never taken over
+            )
+
+        @task
+        def extract(chunk: dict) -> dict:
+            return tasks.extract(chunk, tasks.quarantine_s3(backfill.aws_conn_id))
+
+        @task
+        def filter_by_age(chunk: dict) -> dict:
+            return tasks.filter_by_age(chunk, tasks.quarantine_s3(backfill.aws_conn_id))
+
+        @task
+        def transform(chunk: dict, partition: list[dict]) -> dict:
+            return tasks.transform(chunk, tasks.quarantine_s3(backfill.aws_conn_id), partition)
+
+        @task
+        def dedupe_check(chunks: list[dict]) -> list[dict]:
+            return tasks.dedupe_check(chunks, tasks.quarantine_s3(backfill.aws_conn_id))
+
+        @task
+        def release_partition(chunks: list[dict]) -> bool:
+            return tasks.release_partition(chunks, tasks.quarantine_s3(backfill.aws_conn_id))
+
+        planned = plan_partition()
+        extracted = extract.expand(chunk=planned)
+        filtered = filter_by_age.expand(chunk=extracted)
+        # Every transform sees all extract chunks' counts: the plan check infers blocking per partition.
+        transformed = transform.partial(partition=extracted).expand(chunk=filtered)
+        deduped = dedupe_check(transformed)
+        sent = MParticleSendOperator.partial(
+            task_id="send",
+            pool=backfill.pool,
+            mparticle_conn_id=backfill.events_api_conn_id,
+            aws_conn_id=backfill.aws_conn_id,
+        ).expand(chunk=deduped)
+        reported = MParticleReportOperator(
+            task_id="report",
+            stage_outputs=[planned, extracted, filtered, transformed, deduped, sent.output],
+            aws_conn_id=backfill.aws_conn_id,
+        )
+        # A teardown: runs once the run's work is done, whether it succeeded or failed.
+        reported >> release_partition(planned).as_teardown(setups=planned)
+
+    return mparticle_quarantine_backfill()
 
 
-mparticle_quarantine_backfill()
+# One DAG per configured backfill (without a configuration: the single default DAG). Broken entries are
+# left out here and reported as an import error by mparticle_backfills_check.py.
+for _backfill in backfills.load(Path(__file__).parent).backfills:
+    globals()[_backfill.dag_id] = build(_backfill)

@@ -26,7 +26,9 @@ from typing import Any
 from .errors import InvalidSettings
 from .fixes import ABSENT, compile_test, passes
 
-DEFAULT_CONNECTION = "mparticle_events_api"
+# The route of a batch no rule matches: the DAG's own Events API connection (``mparticle_events_api``, or
+# the one its entry in mparticle_backfills.yaml names), resolved by the send task, not here.
+DEFAULT_ROUTE = ""
 SEND_TO_DEFAULT = "default"
 HOLD = "hold"
 UNROUTED = (SEND_TO_DEFAULT, HOLD)
@@ -66,14 +68,16 @@ class Routing:
     """The validated routes of a run.
 
     :param routes: the rules, in order (the first that matches wins).
-    :param default: the connection of batches no rule matches (None with ``unrouted = hold``).
+    :param default: the route of batches no rule matches: ``DEFAULT_ROUTE`` (the DAG's own connection), or
+        None with ``unrouted = hold``.
     """
 
     routes: tuple[Route, ...] = ()
-    default: str | None = DEFAULT_CONNECTION
+    default: str | None = DEFAULT_ROUTE
 
     def route_for(self, batch: Mapping[str, Any]) -> str | None:
-        """The connection id for an original batch; None: hold it (no rule matched, ``unrouted = hold``)."""
+        """The connection id for an original batch; ``DEFAULT_ROUTE``: the DAG's own connection; None: hold it
+        (no rule matched, ``unrouted = hold``)."""
         for route in self.routes:
             if all(condition.holds(batch) for condition in route.conditions):
                 return route.connection
@@ -81,14 +85,11 @@ class Routing:
 
     @property
     def connections(self) -> list[str]:
-        """Every connection a batch may be sent to (each is checked before a run reads data)."""
-        found = [route.connection for route in self.routes]
-        if self.default is not None:
-            found.append(self.default)
-        return list(dict.fromkeys(found))
+        """Every connection the rules name (each is checked before a run reads data), in order."""
+        return list(dict.fromkeys(route.connection for route in self.routes))
 
 
-def compile_routes(raw_routes: Any, unrouted: str = SEND_TO_DEFAULT, default: str = DEFAULT_CONNECTION) -> Routing:
+def compile_routes(raw_routes: Any, unrouted: str = SEND_TO_DEFAULT) -> Routing:
     """Validate the ``routes`` setting. Raises :class:`InvalidSettings` naming the first bad rule and why."""
     if unrouted not in UNROUTED:
         raise InvalidSettings("unrouted", f"must be one of {list(UNROUTED)}, got {unrouted!r}")
@@ -123,4 +124,4 @@ def compile_routes(raw_routes: Any, unrouted: str = SEND_TO_DEFAULT, default: st
             routes.append(Route(label, tuple(conditions), connection))
         except ValueError as error:
             raise InvalidSettings("routes", f"route {label}: {error}") from None
-    return Routing(tuple(routes), default if unrouted == SEND_TO_DEFAULT else None)
+    return Routing(tuple(routes), DEFAULT_ROUTE if unrouted == SEND_TO_DEFAULT else None)

@@ -356,9 +356,8 @@ def check_route_connections(settings: BackfillSettings) -> None:
         try:
             BaseHook.get_connection(connection)
         except Exception:  # AirflowNotFoundException, or a secrets backend that cannot find it
-            where = f"route {named[connection]}" if connection in named else "the default route (unrouted = default)"
             raise AirflowFailException(
-                f"Invalid settings: {where} names the connection {connection!r}, which does not exist; create it "
+                f"Invalid settings: route {named[connection]} names the connection {connection!r}, which does not exist; create it "
                 "(type mparticle or http: the input's API key and secret) or fix the route"
             ) from None
 

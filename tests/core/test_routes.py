@@ -23,10 +23,10 @@ PLANNED = {"context": {"data_plan": {"plan_id": "p"}}}
         pytest.param({**PLANNED, "source_info": {"channel": "javascript"}}, "mp_web", id="web"),
         pytest.param({**PLANNED, "application_info": {"os": "iOS"}}, "mp_ios", id="ios"),
         pytest.param({**PLANNED, "device_info": {"platform": "Android"}, "environment": "production"}, "mp_android", id="android"),
-        pytest.param({**PLANNED, "device_info": {"platform": "Android"}, "environment": "development"}, "mparticle_events_api", id="all-conditions-must-hold"),
+        pytest.param({**PLANNED, "device_info": {"platform": "Android"}, "environment": "development"}, "", id="all-conditions-must-hold"),
         pytest.param({"source_info": {"channel": "javascript"}}, "mp_web", id="first-match-wins"),
         pytest.param({"application_info": "not an object"}, "mp_unplanned", id="exists-false-on-a-missing-path"),
-        pytest.param({**PLANNED, "source_info": {"channel": "partner"}}, "mparticle_events_api", id="no-match-default"),
+        pytest.param({**PLANNED, "source_info": {"channel": "partner"}}, "", id="no-match-default"),
     ],
 )  # fmt: skip
 def test_first_matching_route_wins(batch, connection):
@@ -37,8 +37,8 @@ def test_unrouted_hold_and_the_connections_to_check():
     routing = compile_routes(RULES[:2], "hold")
     assert routing.route_for({"source_info": {"channel": "partner"}}) is None
     assert routing.connections == ["mp_web", "mp_ios"]
-    assert compile_routes(RULES[:1]).connections == ["mp_web", "mparticle_events_api"]
-    assert compile_routes([]).connections == ["mparticle_events_api"]
+    assert compile_routes(RULES[:1]).connections == ["mp_web"]  # the DAG's own connection is not a rule's
+    assert compile_routes([]).connections == []
 
 
 @pytest.mark.parametrize(
