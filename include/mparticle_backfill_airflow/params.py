@@ -7,6 +7,7 @@ from typing import Any
 from airflow.sdk import Param
 
 from mparticle_backfill.partition import LAYOUTS
+from mparticle_backfill.rule_schemas import FIX_RULE, ROUTE
 from mparticle_backfill.settings import SETTINGS
 
 _TYPES: dict[str, dict[str, Any]] = {
@@ -31,25 +32,26 @@ _TYPES: dict[str, dict[str, Any]] = {
         },
         "additionalProperties": False,
     },
-    "fixes": {"type": ["null", "array"]},
-    "routes": {"type": ["null", "array"]},
+    # With an item schema the form shows a JSON editor that knows the rules (without one: a list of strings).
+    "fixes": {"type": ["null", "array"], "items": FIX_RULE},
+    "routes": {"type": ["null", "array"], "items": ROUTE},
     "unrouted": {"type": ["null", "string"], "enum": [None, "default", "hold"]},
     "dry_run": {"type": ["null", "boolean"]},
     "force": {"type": ["null", "boolean"]},
     "partition_date": {"type": ["null", "string"], "format": "date"},
-    "reference_time": {"type": ["null", "string"]},
+    "reference_time": {"type": ["null", "string"], "format": "date-time"},
     "files_per_chunk": {"type": ["null", "integer"], "minimum": 1},
     "lock_ttl_hours": {"type": ["null", "integer"], "minimum": 1, "maximum": 168},
 }
 
 
-def run_params() -> dict[str, Param]:
-    """Params for the trigger form; an empty one means "use the mparticle_backfill Variable"."""
+def run_params(variable: str = "mparticle_backfill") -> dict[str, Param]:
+    """Params for the trigger form; an empty one means "use the settings Variable" (``variable``)."""
     return {
         name: Param(
             None,
             title=name.replace("_", " ").capitalize(),
-            description=f"{description} Empty: use the mparticle_backfill Variable (default {default!r}).",
+            description=f"{description} Empty: use the {variable} Variable (default {default!r}).",
             **_TYPES[name],
         )
         for name, (default, description) in SETTINGS.items()

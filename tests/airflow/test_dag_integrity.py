@@ -68,6 +68,44 @@ def test_every_setting_is_a_param(dag):
     assert all(dag.params.get_param(name).value is None for name in SETTINGS)
 
 
+def widget(schema) -> str:
+    """The trigger form's widget for a param, by the rules of Airflow 3's FieldSelector (its first non-null type)."""
+    kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    kinds = [kind for kind in kinds if kind != "null"]
+    if len(kinds) > 1 and "enum" not in schema:
+        return "multi-type"
+    kind = kinds[0]
+    if kind == "string" and schema.get("format") in ("date", "date-time"):
+        return schema["format"]
+    if "enum" in schema:
+        return "dropdown"
+    if kind == "array":
+        return "string list" if schema.get("items", {}).get("type") in (None, "string") else "JSON"
+    return {"boolean": "switch", "object": "JSON", "integer": "number"}.get(kind, "text")
+
+
+def test_the_trigger_form_shows_each_setting_with_a_title_a_description_and_its_widget(dag):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    params = {name: dag.params.get_param(name) for name in dag.params}
+    for name, param in params.items():
+        assert param.schema["title"] and len(param.description) > 30, name
+        assert "Empty: use the mparticle_backfill Variable" in param.description, name
+    widgets = {name: widget(param.schema) for name, param in params.items()}
+    assert widgets["partition_date"] == "date" and widgets["reference_time"] == "date-time"
+    assert widgets["dry_run"] == widgets["force"] == widgets["replay_blocked_events"] == "switch"
+    assert widgets["fixes"] == widgets["routes"] == widgets["plan_blocking"] == "JSON"
+    assert widgets["layout"] == widgets["plan_check"] == widgets["environment"] == "dropdown"
+    assert widgets["max_age_days"] == "number"
+    # The form refuses a misspelt fix step before a run starts; a right one passes.
+    fixes = params["fixes"]
+    fixes.resolve([{"name": "r", "then": [{"rename_event": "Sign Up"}]}])
+    with pytest.raises(ParamValidationError):
+        fixes.resolve([{"name": "r", "then": [{"rename_evnt": "Sign Up"}]}])
+    with pytest.raises(ParamValidationError):
+        params["routes"].resolve([{"when": [{"field": "device_info.platform", "equals": "iOS"}]}])
+
+
 # What the pure core may not import: Airflow, and anything that does network or process I/O.
 FORBIDDEN_IN_CORE = {
     "airflow", "boto3", "botocore", "requests", "urllib3", "http", "socket", "ssl", "tenacity",
