@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
-.PHONY: venv test lint format run stop bench clean
+.PHONY: venv browser test lint format run stop bench clean
 
 venv: $(VENV)/.installed
 
@@ -17,8 +17,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
+# Chromium and ChromeDriver from Debian's packages, for the console's browser test (no browser download).
+browser:
+	bash tools/install_browser.sh
+
 ## make test: set up and run the whole test suite (what CI runs).
-test: venv
+test: venv browser
 	$(PY) -m pytest
 
 lint: venv

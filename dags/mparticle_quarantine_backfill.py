@@ -53,7 +53,7 @@ def build(backfill: backfills.Backfill) -> DAG:
         start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
         catchup=False,
         max_active_runs=3,
-        params=run_params(),
+        params=run_params(backfill.variable),
         doc_md=__doc__ + (f"\n\n**{backfill.dag_id}**: {backfill.description}" if backfill.description else ""),
         tags=["mparticle", "backfill", "quarantine", *backfill.tags],
         default_args={
@@ -71,9 +71,7 @@ def build(backfill: backfills.Backfill) -> DAG:
             dag_run = context["dag_run"]
             variable = Variable.get(backfill.variable, default=None, deserialize_json=True)
             return tasks.plan_partition(
-                {**backfill.settings, **(variable or {})}
-                if isinstance(variable, dict) or variable is None
-                else variable,
+                backfill.merged_settings(variable),
                 context["params"],
                 run_id=dag_run.run_id,
                 data_interval_start=context.get("data_interval_start"),

@@ -98,10 +98,12 @@ def main() -> None:
         data_plans=[synthetic.data_plan()],  # what mParticle would block again is counted as quarantined
     ).start()
     today = datetime.now(timezone.utc).date()
-    days = [today - timedelta(days=n) for n in (3, 2, 1)]
-    records = seed(days)
+    days = [today - timedelta(days=n) for n in (3, 2, 1)]  # backfilled (3, 2) and the daily run (1)
+    # Never backfilled, so the console opens on every state: one about to leave the 14-day window.
+    waiting = [today - timedelta(days=n) for n in (12, 6)]
+    records = seed(waiting + days)
     print(f"Local S3 on http://127.0.0.1:{S3_PORT}: s3://{BUCKET}/{PREFIX}/ seeded with {records} records for "
-          f"{', '.join(d.isoformat() for d in days)}")  # fmt: skip
+          f"{', '.join(d.isoformat() for d in waiting + days)}")  # fmt: skip
     print(f"Events API emulator on {emulator.url} (rate limit 270 batches/s); received batches: "
           f"{LOCAL / 'events_api_received.jsonl'}, stats: {emulator.url}/_emulator/stats")  # fmt: skip
 
@@ -124,7 +126,9 @@ def main() -> None:
         print(
             f"\nAirflow is up: http://127.0.0.1:{WEB_PORT} (local only, no login needed).\n"
             f"DAG 'mparticle_quarantine_backfill': a backfill of {days[0]}..{days[1]} and the daily run for "
-            f"{days[2]}\nare running. Read each task's log; reports are under "
+            f"{days[2]}\nare running; {waiting[0]} and {waiting[1]} wait, never backfilled. The DAG's tab "
+            f"'Backfill console'\n(http://127.0.0.1:{WEB_PORT}/dags/mparticle_quarantine_backfill/plugin/"
+            "backfill-console) shows every date. Read each task's log; reports are under "
             f"s3://{BUCKET}/{PREFIX}/_backfill/<date>/reports/\n"
             f"(local S3: http://127.0.0.1:{S3_PORT}). Ctrl-C or `make stop` stops everything."
         )

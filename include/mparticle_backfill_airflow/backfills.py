@@ -57,6 +57,13 @@ class Backfill:
     tags: tuple[str, ...] = ()
     description: str = ""
 
+    def merged_settings(self, variable: Any) -> Any:
+        """The entry's settings under its Variable's (a Variable that is not an object is passed on as is,
+        for the settings parser to refuse with its own message)."""
+        if variable is None or isinstance(variable, Mapping):
+            return {**self.settings, **(variable or {})}
+        return variable
+
 
 @dataclass(frozen=True)
 class Configuration:
@@ -71,9 +78,9 @@ def config_path(dags_folder: Path) -> Path:
     return Path(os.environ.get(CONFIG_ENV) or dags_folder / "mparticle_backfills.yaml")
 
 
-def load(dags_folder: Path) -> Configuration:
+def load(dags_folder: Path | str) -> Configuration:
     """The configured backfills; without a configuration file, the single default DAG."""
-    path = config_path(dags_folder)
+    path = config_path(Path(dags_folder))
     if not path.exists():
         return Configuration((Backfill(DEFAULT_DAG_ID, DEFAULT_VARIABLE),), {})
     import yaml
