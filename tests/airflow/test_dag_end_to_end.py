@@ -192,8 +192,13 @@ def test_invalid_settings_fail_the_run_naming_the_setting(airflow_db, s3, connec
     # The trigger form's schema refuses what it can check, naming the param.
     with pytest.raises(ParamValidationError, match="max_age_days"):
         run_dag({"max_age_days": 45})
-    # What only the engine can check fails the run in plan_partition, before any data is read.
-    run = run_dag({"fixes": [{"name": "bad", "then": [{"explode": 1}]}]})
+    with pytest.raises(ParamValidationError, match="fixes"):  # a misspelt step, refused by the form's schema
+        run_dag({"fixes": [{"name": "bad", "then": [{"explode": 1}]}]})
+    # What only the engine can check (a regex that does not compile) fails the run in plan_partition,
+    # before any data is read.
+    run = run_dag(
+        {"fixes": [{"name": "bad", "when": [{"field": "event_name", "matches": "("}], "then": [{"rename_event": "x"}]}]}
+    )
     assert run.state == "failed"
     monkeypatch.setenv("AIRFLOW_VAR_MPARTICLE_BACKFILL", json.dumps({"bucket": BUCKET, "max_age_days": 45}))
     assert run_dag().state == "failed"
