@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mparticle_backfill.model import RecordRef, ReplayBatch  # noqa: E402
-from mparticle_backfill.send import pack  # noqa: E402
+from mparticle_backfill.send import OutgoingBatch, pack  # noqa: E402
 from mparticle_backfill.transform import source_request_id  # noqa: E402
 from mparticle_backfill_airflow.events_api_client import ClientSettings, EventsApiClient  # noqa: E402
 from tools.emulator import EventsApiEmulator  # noqa: E402
@@ -35,7 +35,7 @@ def batches(count: int):
             ],
         }  # fmt: skip
         payload["source_request_id"] = source_request_id(str(n), payload)
-        yield RecordRef("bench", n), ReplayBatch((f"{n}:e",), payload, 0)
+        yield OutgoingBatch.of(RecordRef("bench", n), ReplayBatch((f"{n}:e",), payload, 0))
 
 
 def run(label: str, count: int, *, server_rate: float | None, client_rate: float, workers: int) -> None:

@@ -11,9 +11,10 @@ identities, without `batch_id`, within the replay window (14 days by default), n
 | `plan_partition` | validates settings, resolves the partition date, lists its objects, cuts them into chunks |
 | `extract` | reads each chunk (gzip or plain NDJSON) and keeps the blocked part; bad lines are dead-lettered |
 | `filter_by_age` | drops what is older than `max_age_days` |
-| `transform` | applies fix rules and builds valid batches (limits, one user) |
-| `dedupe_check` | drops what the ledger says was accepted before, and batches seen twice |
-| `send` | sends through `MParticleSendOperator` (pool `mparticle_events_api`), writes the ledger |
+| `transform` | applies fix rules and builds valid batches (limits, one user); writes each to the shard of its user |
+| `plan_shards` | the shards the next two tasks are mapped over (one per chunk by default, setting `shards`) |
+| `dedupe_check` | per shard: drops what the ledger says was accepted before, and batches seen twice |
+| `send` | per shard: merges each user's batches (`coalesce`), sends through `MParticleSendOperator` (pool `mparticle_events_api`), writes the ledger |
 | `report` | the reconciled counts, in the log and in S3 (`reports/`); links **Backfill report** and **Dead letters** |
 | `release_partition` | teardown: removes the partition's lock, however the run ended |
 
@@ -44,7 +45,7 @@ from mparticle_backfill_airflow.params import run_params
 
 
 def build(backfill: backfills.Backfill) -> DAG:
-    """One backfill DAG: the tasks chained extract -> filter_by_age -> transform -> dedupe_check -> send -> report."""
+    """One backfill DAG: extract -> filter_by_age -> transform (per chunk) -> dedupe_check -> send (per shard) -> report."""
 
     @dag(
         dag_id=backfill.dag_id,
@@ -94,8 +95,12 @@ def build(backfill: backfills.Backfill) -> DAG:
             return tasks.transform(chunk, tasks.quarantine_s3(backfill.aws_conn_id), partition)
 
         @task
-        def dedupe_check(chunks: list[dict]) -> list[dict]:
-            return tasks.dedupe_check(chunks, tasks.quarantine_s3(backfill.aws_conn_id))
+        def plan_shards(chunks: list[dict]) -> list[dict]:
+            return tasks.plan_shards(chunks)
+
+        @task
+        def dedupe_check(shard: dict) -> dict:
+            return tasks.dedupe_check(shard, tasks.quarantine_s3(backfill.aws_conn_id))
 
         @task
         def release_partition(chunks: list[dict]) -> bool:
@@ -106,7 +111,8 @@ def build(backfill: backfills.Backfill) -> DAG:
         filtered = filter_by_age.expand(chunk=extracted)
         # Every transform sees all extract chunks' counts: the plan check infers blocking per partition.
         transformed = transform.partial(partition=extracted).expand(chunk=filtered)
-        deduped = dedupe_check(transformed)
+        # dedupe_check and send are mapped over shards: each reads only its users' replays (by user context).
+        deduped = dedupe_check.expand(shard=plan_shards(transformed))
         sent = MParticleSendOperator.partial(
             task_id="send",
             pool=backfill.pool,

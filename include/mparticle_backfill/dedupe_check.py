@@ -56,29 +56,28 @@ class DedupeCheck:
             if all(done):
                 counts[f"batches_dropped:{IN_LEDGER}"] += 1
                 continue
-            kept.append(self._without(replay.identity, batch, done))
+            kept.append(without_keys(replay.identity, batch, done, self.request_id_salt))
         replay.batches = kept
         return replay
 
-    def _without(self, identity: str, batch: ReplayBatch, done: list[bool]) -> ReplayBatch:
-        """The batch minus its parts already in the ledger, with a new source_request_id."""
-        payload = {
-            k: v for k, v in batch.payload.items() if k not in ("source_request_id", "events", "user_attributes")
-        }
-        events = batch.payload.get("events") or []
-        keys: list[str] = []
-        kept_events = []
-        for key, event, already in zip(batch.replay_keys, events, done, strict=False):
-            if not already:
-                keys.append(key)
-                kept_events.append(event)
-        payload["events"] = kept_events
-        for key, already in zip(batch.replay_keys[len(events) :], done[len(events) :], strict=True):
-            if not already:
-                keys.append(key)
-                payload["user_attributes"] = batch.payload["user_attributes"]
-        payload["source_request_id"] = source_request_id(identity, payload, self.request_id_salt)
-        return ReplayBatch(tuple(keys), payload, len(jsonio.dumps(payload)))
+
+def without_keys(identity: str, batch: ReplayBatch, done: list[bool], request_id_salt: str = "") -> ReplayBatch:
+    """The batch minus its parts whose keys are ``done`` (in the ledger), with a new source_request_id."""
+    payload = {k: v for k, v in batch.payload.items() if k not in ("source_request_id", "events", "user_attributes")}
+    events = batch.payload.get("events") or []
+    keys: list[str] = []
+    kept_events = []
+    for key, event, already in zip(batch.replay_keys, events, done, strict=False):
+        if not already:
+            keys.append(key)
+            kept_events.append(event)
+    payload["events"] = kept_events
+    for key, already in zip(batch.replay_keys[len(events) :], done[len(events) :], strict=True):
+        if not already:
+            keys.append(key)
+            payload["user_attributes"] = batch.payload["user_attributes"]
+    payload["source_request_id"] = source_request_id(identity, payload, request_id_salt)
+    return ReplayBatch(tuple(keys), payload, len(jsonio.dumps(payload)))
 
 
 def dedupe_step(check: DedupeCheck, summary: Summary) -> Step:

@@ -9,6 +9,8 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from . import jsonio
+from .coalesce import MAX_MAPPED_TASKS as MAX_SHARDS
+from .coalesce import ledger_part_may_hold
 from .errors import InvalidSettings
 from .filter_by_age import DEFAULT_MAX_AGE_DAYS, AgeWindow
 from .fixes import FixRule, compile_rules
@@ -75,6 +77,17 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "unrouted": (
         "default",
         "Batches no route matches: 'default' (the mparticle_events_api connection) or 'hold' (not sent, no_route).",
+    ),
+    "coalesce": (
+        True,
+        "Merge each user's replay batches (identical user, device, environment, consent and plan context) "
+        "into as few batches as the limits allow: fewer batches against mParticle's rate limit. Off: one "
+        "batch per original.",
+    ),
+    "shards": (
+        None,
+        "How many shards dedupe_check and send are mapped over (records go to a shard by a hash of their "
+        "user context), 1 to 1024. Default: one per chunk.",
     ),
     "dry_run": (False, "Send nothing; write the payloads that would be sent."),
     "force": (False, "Resend what the ledger says was already accepted."),
@@ -159,6 +172,8 @@ class BackfillSettings:
     routing: Routing = field(default_factory=Routing)
     raw_routes: list[Any] = field(default_factory=list)
     unrouted: str = SEND_TO_DEFAULT
+    coalesce: bool = True
+    shards: int | None = None
     dry_run: bool = False
     force: bool = False
     partition_date: date | None = None
@@ -270,6 +285,9 @@ def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
     files_per_chunk = _int("files_per_chunk", merged.get("files_per_chunk", 25))
     if not 1 <= files_per_chunk <= 10_000:
         raise InvalidSettings("files_per_chunk", f"must be 1 to 10000, got {files_per_chunk}")
+    shards = _int("shards", merged["shards"]) if "shards" in merged else None
+    if shards is not None and not 1 <= shards <= MAX_SHARDS:
+        raise InvalidSettings("shards", f"must be 1 to {MAX_SHARDS} (Airflow's map limit), got {shards}")
     lock_ttl_hours = _int("lock_ttl_hours", merged.get("lock_ttl_hours", 12))
     if not 1 <= lock_ttl_hours <= 168:
         raise InvalidSettings("lock_ttl_hours", f"must be 1 to 168, got {lock_ttl_hours}")
@@ -299,6 +317,8 @@ def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] 
         routing=routing,
         raw_routes=list(raw_routes or []),
         unrouted=unrouted,
+        coalesce=_bool("coalesce", merged.get("coalesce", True)),
+        shards=shards,
         dry_run=_bool("dry_run", merged.get("dry_run", False)),
         force=_bool("force", merged.get("force", False)),
         partition_date=parse_date("partition_date", merged["partition_date"]) if "partition_date" in merged else None,
@@ -358,13 +378,27 @@ class StatePaths:
         """Where this run's ledger parts are (every try of every send task of the run)."""
         return f"{self.ledger_prefix}{self.run_key}/"
 
-    def ledger_part(self, chunk: int, attempt: str, sequence: int) -> str:
-        """A ledger part; ``attempt`` names the task try (and a token unique to it), so no try, retry
-        or concurrent zombie of a task can overwrite the parts another one wrote."""
-        return f"{self.ledger_run_prefix}chunk-{chunk:05d}-{attempt}-{sequence:05d}.txt"
+    def ledger_part(self, shard: int, shards: int, attempt: str, sequence: int) -> str:
+        """A ledger part of send shard ``shard`` of ``shards``; ``attempt`` names the task try (and a token
+        unique to it), so no try, retry or concurrent zombie of a task can overwrite the parts another one
+        wrote. The shard count in the name lets a run with another count find every key
+        (:func:`ledger_part_wanted`)."""
+        return f"{self.ledger_run_prefix}shard-{shard:05d}-of-{shards:05d}-{attempt}-{sequence:05d}.txt"
 
-    def dead_letters(self, stage: str, chunk: int) -> str:
-        return f"{self.partition}/dead_letters/{self.run_key}/{stage}-chunk-{chunk:05d}.ndjson"
+    def transform_output(self, chunk: int, shard: int) -> str:
+        """Transform writes each chunk's replays to the shard of their user context."""
+        return f"{self.transform_shard_prefix(shard)}chunk-{chunk:05d}.ndjson.gz"
+
+    def transform_shard_prefix(self, shard: int) -> str:
+        """Every chunk's replays of one shard: what that shard's dedupe_check reads."""
+        return f"{self.partition}/runs/{self.run_key}/transform/shard-{shard:05d}/"
+
+    def shard_output(self, stage: str, shard: int) -> str:
+        return f"{self.partition}/runs/{self.run_key}/{stage}/shard-{shard:05d}.ndjson.gz"
+
+    def dead_letters(self, stage: str, chunk: int, unit: str = "chunk") -> str:
+        """Dead letters of one stage task (``unit``: ``chunk``, or ``shard`` for dedupe_check and send)."""
+        return f"{self.partition}/dead_letters/{self.run_key}/{stage}-{unit}-{chunk:05d}.ndjson"
 
     def held(self, chunk: int) -> str:
         """What the plan check held back (would be blocked again), with the data point and what to change."""
@@ -375,8 +409,8 @@ class StatePaths:
         """The data plan document as the run read it once, for every transform task."""
         return f"{self.partition}/runs/{self.run_key}/data_plan.json"
 
-    def payloads(self, chunk: int) -> str:
-        return f"{self.partition}/payloads/{self.run_key}/chunk-{chunk:05d}.ndjson"
+    def payloads(self, shard: int) -> str:
+        return f"{self.partition}/payloads/{self.run_key}/shard-{shard:05d}.ndjson"
 
     def report(self, extension: str) -> str:
         return f"{self.partition}/reports/{self.run_key}.{extension}"
@@ -385,6 +419,22 @@ class StatePaths:
     def lock(self) -> str:
         """The partition's lock object (one run at a time; :mod:`.partition_lock`)."""
         return f"{self.partition}/lock.json"
+
+
+_LEDGER_PART = re.compile(r"(?:^|/)shard-(\d{5})-of-(\d{5})-[^/]*$")
+
+
+def ledger_part_wanted(key: str, shard: int, shards: int) -> bool:
+    """Whether send shard ``shard`` of ``shards`` must read the ledger part ``key``: a part of a sharded
+    run only if it may hold keys of that shard (the gcd rule of :func:`.coalesce.ledger_part_may_hold`);
+    a part written before shards (``chunk-...``) or of an unknown name always."""
+    found = _LEDGER_PART.search(key)
+    if found is None:
+        return True
+    part_shard, part_shards = int(found.group(1)), int(found.group(2))
+    if not 0 <= part_shard < part_shards:
+        return True
+    return ledger_part_may_hold(part_shards, part_shard, shards, shard)
 
 
 def run_key(run_id: str) -> str:

@@ -13,13 +13,14 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from mparticle_backfill.accounting import Summary
+from mparticle_backfill.coalesce import CoalesceSettings, coalesce
 from mparticle_backfill.errors import CredentialsRefused, InvalidSettings, RequestRefused, TooManyRejections
 from mparticle_backfill.model import Replay
 from mparticle_backfill.send import (
     ACCEPTED_BY_EARLIER_TRY,
     BulkRequest,
     SendTracker,
-    pack_requests,
+    pack_groups,
     payloads,
     skip_accepted,
 )
@@ -50,12 +51,14 @@ class LedgerWriter:
         s3: QuarantineS3Hook,
         bucket: str,
         paths: StatePaths,
-        chunk: int,
+        shard: int,
+        shards: int,
         attempt: str,
         every_seconds: float = 5.0,
         every_keys: int = 5000,
     ):
-        self.s3, self.bucket, self.paths, self.chunk, self.attempt = s3, bucket, paths, chunk, attempt
+        self.s3, self.bucket, self.paths, self.attempt = s3, bucket, paths, attempt
+        self.shard, self.shards = shard, shards
         self.every_seconds, self.every_keys = every_seconds, every_keys
         self.pending: list[str] = []
         self.sequence = 0
@@ -70,7 +73,7 @@ class LedgerWriter:
     def flush(self) -> None:
         if self.pending:
             body = ("\n".join(self.pending) + "\n").encode()
-            key = self.paths.ledger_part(self.chunk, self.attempt, self.sequence)
+            key = self.paths.ledger_part(self.shard, self.shards, self.attempt, self.sequence)
             self.s3.put_bytes(self.bucket, key, body, "text/plain")
             self.sequence += 1
             self.written += len(self.pending)
@@ -79,8 +82,10 @@ class LedgerWriter:
 
 
 class MParticleSendOperator(BaseOperator):
-    """Sends the replay batches of one chunk to mParticle's Events API through :class:`MParticleEventsHook`.
+    """Sends the replay batches of one shard to mParticle's Events API through :class:`MParticleEventsHook`.
 
+    Each user's batches are first merged into as few as the limits allow (setting ``coalesce``; a merged
+    batch's ``source_request_id`` follows from its members' replay keys, so a retry builds the same one).
     Batches are packed into bulk requests (at most 100 batches, 256 KB), sent with pacing and retries;
     accepted replay keys go to the partition's ledger as they are accepted; batches the API refuses are
     dead-lettered with its message. A retried try first reads what earlier tries of the run recorded
@@ -88,7 +93,7 @@ class MParticleSendOperator(BaseOperator):
     What no retry can fix (refused credentials, a 404/413/415/422 answer, the rejection breaker) fails
     the task without retry; transient faults raise so Airflow retries.
 
-    :param chunk: the chunk descriptor from ``dedupe_check`` (templated).
+    :param chunk: the shard descriptor from ``dedupe_check`` (templated).
     :param mparticle_conn_id: the Events API connection (templated).
     :param aws_conn_id: the S3 connection (templated).
     :param heartbeat_seconds: how often the partition lock is renewed while sending.
@@ -119,30 +124,34 @@ class MParticleSendOperator(BaseOperator):
         tasks.heartbeat(chunk, s3)
         bucket = settings.state_bucket
         summary = Summary()
-        index = chunk["chunk"]
-        stage_file = paths.stage_output("dedupe_check", index)
+        index, shards = chunk["chunk"], chunk["chunks"]
+        stage_file = paths.shard_output("dedupe_check", index)
         try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
-        ledger = LedgerWriter(s3, bucket, paths, index, f"try{try_number}-{uuid.uuid4().hex[:8]}")
+        ledger = LedgerWriter(s3, bucket, paths, index, shards, f"try{try_number}-{uuid.uuid4().hex[:8]}")
         accepted: set[str] = set()
+        salt = tasks.request_id_salt(chunk)
         if not settings.dry_run and try_number > 1:
             # What earlier tries of this run had accepted (a forced run reads only its own parts).
-            accepted = s3.read_ledger(bucket, paths.ledger_run_prefix if settings.force else paths.ledger_prefix)
+            prefix = paths.ledger_run_prefix if settings.force else paths.ledger_prefix
+            accepted = s3.read_ledger(bucket, prefix, shard=(index, shards))
         # One pass over the stage file per route: each connection (input) has its own client, pacing,
         # retries and credentials; a route that fails does not stop the others, and is reported at the end.
         routes = [""] + [
             connection for connection in settings.routing.connections if connection != self.mparticle_conn_id
         ]
         failures: dict[str, BaseException] = {}
-        with s3.stage_file(bucket, paths.dead_letters("send", index), upload_empty=False) as dead:
+        with s3.stage_file(bucket, paths.dead_letters("send", index, "shard"), upload_empty=False) as dead:
             for route in routes:
                 connection = route or self.mparticle_conn_id
                 replays: Iterable[Replay] = only_route(
                     s3.read_replays(bucket, stage_file), route, self.mparticle_conn_id
                 )
                 if not settings.dry_run:
-                    replays = skip_accepted(replays, accepted, summary)
+                    replays = skip_accepted(replays, accepted, summary, salt)
                 tracker = SendTracker(summary, dead.write_dead_letter)
-                requests_to_send = pack_requests(replays, tracker)
+                # Each user's batches merged into as few as the limits allow (off: one group per record).
+                groups = coalesce(replays, CoalesceSettings(settings.coalesce, salt), summary.counts)
+                requests_to_send = pack_groups(groups, tracker)
                 if settings.dry_run:
                     self._dry_run(s3, bucket, paths, index, route, requests_to_send, tracker, summary)
                     continue
@@ -152,11 +161,13 @@ class MParticleSendOperator(BaseOperator):
                     )
                 except Exception as error:
                     failures[connection] = error
-                    self.log.error("send chunk %d: route %s stopped: %s", index + 1, connection, error)
+                    self.log.error("send shard %d: route %s stopped: %s", index + 1, connection, error)
         self.log.info(
-            "send chunk %d/%d (try %d): %d requests, %d retries, %d throttled, %d batches accepted, %d rejected, "
-            "%d skipped (accepted by an earlier try), %d replay keys added to the ledger%s\n%s",
-            index + 1, chunk["chunks"], try_number, summary.counts["requests"], summary.counts["retries"],
+            "send shard %d/%d (try %d): %d replay batches coalesced into %d; %d requests, %d retries, %d throttled, "
+            "%d batches accepted, %d rejected, %d skipped (accepted by an earlier try), %d replay keys added to "
+            "the ledger%s\n%s",
+            index + 1, shards, try_number, summary.counts["batches_before_coalescing"],
+            summary.counts["batches_after_coalescing"], summary.counts["requests"], summary.counts["retries"],
             summary.counts["throttled"], summary.counts["batches_accepted"], summary.counts["batches_rejected"],
             summary.counts[f"batches_skipped:{ACCEPTED_BY_EARLIER_TRY}"], ledger.written,
             " (DRY RUN: nothing sent)" if settings.dry_run else "", summary.render("send"),

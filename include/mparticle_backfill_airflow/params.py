@@ -36,6 +36,8 @@ _TYPES: dict[str, dict[str, Any]] = {
     "fixes": {"type": ["null", "array"], "items": FIX_RULE},
     "routes": {"type": ["null", "array"], "items": ROUTE},
     "unrouted": {"type": ["null", "string"], "enum": [None, "default", "hold"]},
+    "coalesce": {"type": ["null", "boolean"]},
+    "shards": {"type": ["null", "integer"], "minimum": 1, "maximum": 1024},
     "dry_run": {"type": ["null", "boolean"]},
     "force": {"type": ["null", "boolean"]},
     "partition_date": {"type": ["null", "string"], "format": "date"},

@@ -16,6 +16,7 @@ from mparticle_backfill import jsonio
 from mparticle_backfill.extract import open_object
 from mparticle_backfill.model import DeadLetter, Replay
 from mparticle_backfill.partition import PartitionLayout, is_verification_object
+from mparticle_backfill.settings import ledger_part_wanted
 
 S3_CONN_ID = "mparticle_quarantine_s3"  # the default connection (also in tasks.S3_CONN_ID)
 
@@ -64,11 +65,13 @@ class QuarantineS3Hook(S3Hook):
         for line in self.read_lines(bucket, key):
             yield Replay.from_json(jsonio.loads(line))
 
-    def read_ledger(self, bucket: str, prefix: str) -> set[str]:
-        """Every replay key the API accepted for a partition, from all ledger parts."""
+    def read_ledger(self, bucket: str, prefix: str, shard: tuple[int, int] | None = None) -> set[str]:
+        """The replay keys the API accepted for a partition, from its ledger parts: all of them, or with
+        ``shard = (index, count)`` only the parts that may hold that shard's keys."""
         keys: set[str] = set()
         for key in self.list_keys(bucket_name=bucket, prefix=prefix):
-            keys.update(line.decode() for line in self.read_lines(bucket, key))
+            if shard is None or ledger_part_wanted(key, *shard):
+                keys.update(line.decode() for line in self.read_lines(bucket, key))
         return keys
 
     def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str = "application/json") -> None:

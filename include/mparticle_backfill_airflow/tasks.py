@@ -7,6 +7,7 @@ state location, the chunk's object keys and the stage's counts. Data never trave
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -18,11 +19,12 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from mparticle_backfill import jsonio, partition_lock, plan_gate
 from mparticle_backfill.accounting import Summary, merge_all
+from mparticle_backfill.coalesce import replay_shard, shard_count_for
 from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_replays
 from mparticle_backfill.errors import InvalidSettings
 from mparticle_backfill.extract import extract_records
 from mparticle_backfill.filter_by_age import filter_replays
-from mparticle_backfill.model import OUTCOMES, DeadLetter
+from mparticle_backfill.model import OUTCOMES, REPLAYED, DeadLetter
 from mparticle_backfill.partition_lock import LockHolder
 from mparticle_backfill.plan_check import CATEGORIES, infer_blocking, load_plan
 from mparticle_backfill.plan_gate import PlanGate
@@ -37,7 +39,7 @@ from mparticle_backfill.settings import (
 from mparticle_backfill.transform import KEEP, ROUTE_STAGE, transform_replays
 
 if TYPE_CHECKING:  # imported when a task runs (boto3), not when the DAG file is parsed
-    from .s3_hook import QuarantineS3Hook
+    from .s3_hook import QuarantineS3Hook, StageFileWriter
 
 log = logging.getLogger(__name__)
 HELD_STAGES = (plan_gate.STAGE, ROUTE_STAGE)  # what is set aside to be sent later, not dead-lettered
@@ -126,10 +128,12 @@ def plan_partition(
         )
     if not settings.dry_run:  # a dry run sends nothing and writes no ledger: it needs no lock
         acquire_partition(settings, paths, run_id, s3, now, dag_id=dag_id, run_state=run_state)
+    shards = settings.shards or shard_count_for(len(groups))
     return [
         {
             "chunk": index,
             "chunks": len(groups),
+            "shards": shards,
             "partition_date": day.isoformat(),
             "run_key": run_key(run_id),
             "run_id": run_id,
@@ -308,21 +312,30 @@ def transform(
     bucket = settings.state_bucket
     gate = plan_gate_of(chunk, s3, partition)
     replays = s3.read_replays(bucket, paths.stage_output("filter_by_age", chunk["chunk"]))
+    shards = shard_count(chunk)
     with (
-        s3.stage_file(bucket, paths.stage_output("transform", chunk["chunk"]), compress=True) as out,
+        contextlib.ExitStack() as outputs,
         s3.stage_file(bucket, paths.dead_letters("transform", chunk["chunk"]), upload_empty=False) as dead,
         s3.stage_file(bucket, paths.held(chunk["chunk"]), upload_empty=False) as held,
     ):
+        # Each replay goes to the shard of its user context: that shard's dedupe_check and send read it.
+        # A file per shard with replays in it, opened as the first one arrives (most chunks reach few shards).
+        out: dict[int, StageFileWriter] = {}
 
         def set_aside(letter: DeadLetter) -> None:
             (held if letter.stage in HELD_STAGES else dead).write_dead_letter(letter)
 
         transform_settings = settings.transform_settings(request_id_salt(chunk), gate)
         for replay in transform_replays(replays, transform_settings, summary, set_aside):
-            out.write_replay(replay)
+            shard = replay_shard(replay, shards)
+            if shard not in out:
+                key = paths.transform_output(chunk["chunk"], shard)
+                out[shard] = outputs.enter_context(s3.stage_file(bucket, key, compress=True, upload_empty=False))
+            out[shard].write_replay(replay)
     log.info(
-        "transform chunk %d/%d%s\n%s", chunk["chunk"] + 1, chunk["chunks"],
-        f" (plan check: {gate.mode}, blocking {gate.blocking.as_dict()})" if gate else "", summary.render("transform"),
+        "transform chunk %d/%d: replays to %d of %d shards%s\n%s", chunk["chunk"] + 1, chunk["chunks"], len(out),
+        shards, f" (plan check: {gate.mode}, blocking {gate.blocking.as_dict()})" if gate else "",
+        summary.render("transform"),
     )  # fmt: skip
     return _next(chunk, "transform", summary)
 
@@ -385,29 +398,68 @@ def read_data_plan(settings: BackfillSettings, s3: QuarantineS3Hook) -> Any:
         raise InvalidSettings("data_plan", f"{source} is not JSON: {error}") from None
 
 
-def dedupe_check(chunks: Iterable[Mapping[str, Any]], s3: QuarantineS3Hook) -> list[dict[str, Any]]:
-    """One pass over the whole partition: drop keys in the ledger and batches seen twice."""
-    chunks = sorted(chunks, key=lambda c: c["chunk"])
-    heartbeat(chunks[0], s3)
-    settings, paths = settings_of(chunks[0]), paths_of(chunks[0])
+def shard_count(chunk: Mapping[str, Any]) -> int:
+    return int(chunk.get("shards") or 1)
+
+
+def plan_shards(chunks: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The shards dedupe_check and send are mapped over, from the transform chunks (reads nothing).
+
+    A shard descriptor is a chunk descriptor whose ``chunk`` is the shard's index and ``chunks`` the
+    shard count (its stage files, ledger parts and dead letters are named by shard).
+    """
+    first = min(chunks, key=lambda c: c["chunk"])
+    shards = shard_count(first)
+    base = {key: value for key, value in first.items() if key not in ("keys", "summary")}
+    log.info("%d transform chunks -> %d shards (by user context)", first["chunks"], shards)
+    return [
+        {**base, "chunk": shard, "chunks": shards, "unit": "shard", "stage": "plan_shards", "keys": [],
+         "summary": Summary().to_json()}
+        for shard in range(shards)
+    ]  # fmt: skip
+
+
+def dedupe_check(shard: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
+    """One shard: drop keys the ledger holds and batches seen twice. Reads only its shard's replays (of every
+    transform chunk) and only the ledger parts that may hold its keys: memory follows the shard, not the
+    partition. Copies of one original batch share a user context, hence a shard: duplicates are all seen."""
+    heartbeat(shard, s3)
+    settings, paths = settings_of(shard), paths_of(shard)
     bucket = settings.state_bucket
-    ledger = s3.read_ledger(bucket, paths.ledger_prefix)
-    check = DedupeCheck(ledger, force=settings.force, request_id_salt=request_id_salt(chunks[0]))
-    results = []
-    total = Summary()
-    for chunk in chunks:
-        summary = Summary()
-        replays = s3.read_replays(bucket, paths.stage_output("transform", chunk["chunk"]))
-        with s3.stage_file(bucket, paths.stage_output("dedupe_check", chunk["chunk"]), compress=True) as out:
-            for replay in dedupe_replays(replays, check, summary):
+    index, shards = shard["chunk"], shard["chunks"]
+    ledger = s3.read_ledger(bucket, paths.ledger_prefix, shard=(index, shards))
+    check = DedupeCheck(ledger, force=settings.force, request_id_salt=request_id_salt(shard))
+    inputs = sorted(s3.list_keys(bucket_name=bucket, prefix=paths.transform_shard_prefix(index)))
+    summary = Summary()
+    with s3.stage_file(bucket, paths.shard_output("dedupe_check", index), compress=True) as out:
+        for key in inputs:
+            for replay in dedupe_replays(s3.read_replays(bucket, key), check, summary):
                 out.write_replay(replay)
-        total.merge(summary)
-        results.append(_next(chunk, "dedupe_check", summary))
     log.info(
-        "dedupe_check: %d replay keys in the ledger of %s (force=%s)\n%s",
-        len(ledger), paths.day.isoformat(), settings.force, total.render("dedupe_check"),
+        "dedupe_check shard %d/%d: %d transform files, %d replay keys in its part of the ledger of %s (force=%s)\n%s",
+        index + 1, shards, len(inputs), len(ledger), paths.day.isoformat(), settings.force,
+        summary.render("dedupe_check"),
     )  # fmt: skip
-    return results
+    return _next(shard, "dedupe_check", summary)
+
+
+def coalescing_of(total: Summary, enabled: bool) -> dict[str, Any]:
+    """How many batches were sent for how many records: what coalescing saved against the rate limit."""
+    counts = total.counts
+    before, after = counts["batches_before_coalescing"], counts["batches_after_coalescing"]
+    records = total.total(REPLAYED)
+    factor = round(before / after, 2) if after else None
+    if not enabled:
+        summary = f"coalesce off: {after:,} batches built for {records:,} replayed records (one per original)."
+    elif after:
+        summary = (
+            f"{before:,} replay batches of {records:,} replayed records were merged per user into {after:,} "
+            f"batches (coalescing factor {factor}: {after / max(records, 1):.3f} batches per record)."
+        )
+    else:
+        summary = "No batch was built: nothing to send."
+    return {"enabled": enabled, "replay_batches": before, "batches": after, "records_replayed": records,
+            "factor": factor, "summary": summary}  # fmt: skip
 
 
 def report(stage_outputs: Iterable[Iterable[Mapping[str, Any]]], s3: QuarantineS3Hook) -> dict[str, Any]:
@@ -443,7 +495,9 @@ def report(stage_outputs: Iterable[Iterable[Mapping[str, Any]]], s3: QuarantineS
         if settings.dry_run
         else None,
     }
+    report["coalescing"] = coalescing_of(total, settings.coalesce)
     markdown = total.render_markdown(title)
+    markdown += "\n## Batches\n\n" + report["coalescing"]["summary"] + "\n"
     markdown += "\n## Plan check\n\n" + "\n".join(plan_lines) + "\n"
     if held:
         markdown += "\n## Held\n\n" + "\n".join(f"- `{uri}`" for uri in report["held"]) + "\n"
@@ -452,8 +506,9 @@ def report(stage_outputs: Iterable[Iterable[Mapping[str, Any]]], s3: QuarantineS
     s3.put_bytes(settings.state_bucket, paths.report("json"), jsonio.dumps(report))
     s3.put_bytes(settings.state_bucket, paths.report("md"), markdown.encode(), "text/markdown")
     log.info(
-        "%s\nPlan check: %s\nReport: s3://%s/%s\nDead letters: %d objects under s3://%s/%s/dead_letters/%s/",
-        total.render(title), " ".join(line for line in plan_lines if not line.startswith("|")),
+        "%s\n%s\nPlan check: %s\nReport: s3://%s/%s\nDead letters: %d objects under s3://%s/%s/dead_letters/%s/",
+        total.render(title), report["coalescing"]["summary"],
+        " ".join(line for line in plan_lines if not line.startswith("|")),
         settings.state_bucket, paths.report("md"), len(dead_letters),
         settings.state_bucket, paths.partition, paths.run_key,
     )  # fmt: skip

@@ -25,8 +25,9 @@ def ledger_keys(s3) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.parametrize("coalesce", [False, True], ids=["one-batch-per-record", "coalesced"])
 def test_a_send_that_fails_half_way_is_retried_by_airflow_and_sends_only_the_rest(
-    airflow_db, s3, connections, monkeypatch
+    airflow_db, s3, connections, monkeypatch, coalesce
 ):
     emulator = connections
     host, port = emulator.url.removeprefix("http://").split(":")
@@ -39,6 +40,10 @@ def test_a_send_that_fails_half_way_is_retried_by_airflow_and_sends_only_the_res
         }),
     )  # fmt: skip
     records = [record(8000 + n) for n in range(250)]
+    if coalesce:  # one user's 250 batches merge into a few of up to 128 KB: make them fill several requests
+        for data in records:
+            for event in data["events"]:
+                event["data"].setdefault("custom_attributes", {})["note"] = "x" * 1500
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{DAY}/mPTravel_20261120090000000001_00001.txt", Body=lines(*records))
     # The first request goes through; the second meets an outage longer than the client's retries.
     emulator.state.fail_next.extend([None, 503, 503])
@@ -46,7 +51,9 @@ def test_a_send_that_fails_half_way_is_retried_by_airflow_and_sends_only_the_res
     send = dag.get_task("send")
     send.retry_delay = timedelta(0)  # Airflow retries the task at once instead of after a minute
     send.retry_exponential_backoff = False
-    run = dag.test(logical_date=datetime(2026, 11, 20, tzinfo=timezone.utc), run_conf=RUN_CONF)
+    run = dag.test(
+        logical_date=datetime(2026, 11, 20, tzinfo=timezone.utc), run_conf={**RUN_CONF, "coalesce": coalesce}
+    )
     assert run.state == "success"
 
     expected = sorted(e for n in range(250) for e in ((8000 + n) * 10, (8000 + n) * 10 + 1))
@@ -56,15 +63,19 @@ def test_a_send_that_fails_half_way_is_retried_by_airflow_and_sends_only_the_res
     parts = ledger_keys(s3)
     keys = [key for part in parts.values() for key in part]
     assert len(keys) == len(set(keys)) == 250 * 3  # two events and the user attributes of each record
-    tries = {key.rsplit("/", 1)[-1].split("-")[2] for key in parts}
+    tries = {key.rsplit("/", 1)[-1].split("-")[4] for key in parts}  # shard-00000-of-00001-try1-...
     assert tries == {"try1", "try2"}  # the failed try's keys were kept, not overwritten by the retry
 
     summary = report(s3, run)
     assert summary["reconciled"] is True
     assert summary["totals"]["replayed"] == 250
     counts = summary["summary"]["counts"]
-    assert counts["batches_skipped:accepted_by_earlier_try"] == 100
-    assert counts["batches_accepted"] == 150
+    if not coalesce:
+        assert counts["batches_skipped:accepted_by_earlier_try"] == 100
+        assert counts["batches_accepted"] == 150
+    else:  # merged: far fewer batches than records; the retry skipped what try 1's merged batches delivered
+        assert counts["batches_skipped:accepted_by_earlier_try"] > 0
+        assert counts["batches_after_coalescing"] < counts["batches_before_coalescing"] / 10
 
 
 def test_several_chunks_with_the_same_batch_in_two_of_them(airflow_db, s3, connections):
@@ -84,6 +95,9 @@ def test_several_chunks_with_the_same_batch_in_two_of_them(airflow_db, s3, conne
     assert summary["totals"]["replayed"] == 4
     assert summary["totals"]["already_replayed"] == 1
     assert summary["summary"]["counts"]["objects_read"] == 3
+    # One user: the four records read in three chunks meet in one shard, and go out as one merged batch.
+    assert (summary["coalescing"]["replay_batches"], summary["coalescing"]["batches"]) == (4, 1)
+    assert len(emulator.state.batches) == 1
     stage_files = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/runs/").get("Contents", [])
     assert {item["Key"].rsplit("/", 1)[-1] for item in stage_files} >= {
         "chunk-00000.ndjson.gz", "chunk-00001.ndjson.gz", "chunk-00002.ndjson.gz",

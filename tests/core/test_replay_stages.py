@@ -16,7 +16,7 @@ from mparticle_backfill.extract import iter_records
 from mparticle_backfill.filter_by_age import AgeWindow, filter_by_age
 from mparticle_backfill.model import ALREADY_REPLAYED, DEAD_LETTERED, NOTHING_TO_REPLAY, TOO_OLD, RecordRef
 from mparticle_backfill.select import SelectionSettings, select
-from mparticle_backfill.send import pack
+from mparticle_backfill.send import OutgoingBatch, pack
 from mparticle_backfill.transform import (
     EVENT_TOO_LARGE,
     INVALID_EVENT,
@@ -288,10 +288,10 @@ def test_pack_respects_count_and_size_limits(real_record):
     replay, _, _ = replay_of(real_record)
     (batch,) = replay.batches
     ref = RecordRef("k", 1)
-    requests = list(pack([(ref, batch)] * 250))
+    requests = list(pack([OutgoingBatch.of(ref, batch)] * 250))
     assert [len(r.batches) for r in requests] == [100, 100, 50]
     for request in requests:
         assert len(json.loads(request.body)) == len(request.batches)
         assert len(request.body) == request.size <= limits.MAX_REQUEST_BYTES
-    small = list(pack([(ref, batch)] * 10, max_bytes=batch.size * 3 + 4))
+    small = list(pack([OutgoingBatch.of(ref, batch)] * 10, max_bytes=batch.size * 3 + 4))
     assert [len(r.batches) for r in small] == [3, 3, 3, 1]

@@ -10,7 +10,7 @@ import requests
 from mparticle_backfill import jsonio
 from mparticle_backfill.errors import CredentialsRefused, RequestRefused, TooManyRejections, TransientSendError
 from mparticle_backfill.model import RecordRef, ReplayBatch
-from mparticle_backfill.send import pack
+from mparticle_backfill.send import OutgoingBatch, pack
 from mparticle_backfill.transform import source_request_id
 from mparticle_backfill_airflow.events_api_client import ClientSettings, EventsApiClient
 from tools.emulator import EventsApiEmulator
@@ -40,7 +40,7 @@ def batch(n: int, **changes) -> ReplayBatch:
 
 
 def requests_of(batches):
-    return list(pack((RecordRef("k", i), b) for i, b in enumerate(batches)))
+    return list(pack(OutgoingBatch.of(RecordRef("k", i), b) for i, b in enumerate(batches)))
 
 
 @pytest.fixture

@@ -1,0 +1,509 @@
+"""Coalesce: shard records by user context, and merge one user's replay batches into as few as the limits allow.
+
+Why. The Events API limits **batches** per second (270 by default), counted per batch inside bulk requests,
+and SDKs upload often (web every few seconds, mobile every 10 minutes and at backgrounding): a quarantine
+partition holds many batches per user, and replaying one batch per record spends the limit on envelopes.
+mParticle recommends "a combined event batch for each user". Two parts, both pure:
+
+**Shards.** :func:`user_context_hash` hashes who and where a record's ORIGINAL batch is (mpid, identities,
+device, application, environment, ip, consent, integration attributes, plan id and version), so every
+record that could be merged with another lands in the same shard (:func:`shard_of`). The hash never looks
+at run settings (a changed ``environment`` or ``plan_version`` setting changes the replay envelope, not the
+shard), so a record's shard depends only on the shard count. The ledger is written per shard;
+:func:`ledger_part_may_hold` tells which parts a reader shard must read when the shard count changed.
+
+**Merging.** :func:`coalesce` takes the replays of one shard (after the dedupe check) and merges the
+batches whose envelope (every payload field but ``events``, ``user_attributes`` and ``source_request_id``)
+is identical, and whose records go to the same route (Events API connection):
+
+- events are ordered by ``data.timestamp_unixtime_ms`` (stable: ties keep record order), each unchanged;
+- at most :data:`.limits.MAX_BATCH_BYTES` per encoded batch (``source_request_id`` included) and
+  :data:`.limits.MAX_USER_ATTRIBUTES` user attributes: a group too large is split, events in time order;
+- restored user attributes: the LATEST original batch wins. Latest is the original batch's
+  ``timestamp_unixtime_ms`` (when mParticle received it: the attribute values it carries are the user's at
+  that moment; event times can be much older, e.g. a phone that was offline), else its newest event's
+  time, ties broken by the record's place (object key, line). An older value of a name a later batch also
+  carries is not sent at all (counted ``user_attributes_superseded``): each name goes out once, with its
+  latest value, so no two batches of the group can race to set it;
+- replay keys are unchanged (``<batch>:<event>``, ``<batch>:user_attributes``): the ledger, the dedupe
+  check and partial re-sends work as before. A merged batch records its **members**: per record, the keys
+  it delivers, so the send stage ends each record when all its batches are answered, and dead-letters each
+  member's part (:func:`member_payload`) if the API refuses the merged batch. A record's user attributes
+  are never split over two batches (a key rides in exactly one batch); a record whose every restored
+  attribute is superseded delivers its key with the batch that carries the newer values;
+- a merged batch's ``source_request_id`` is the UUID (transform's format) of the sha256 of the salt and its
+  sorted replay keys: a retry or re-run that builds the same batch gets the same id (mParticle drops the
+  repeat), another membership another id;
+- a group of ONE record keeps its batches exactly as the transform built them (same bodies, same ids);
+- with ``coalesce`` off every record keeps its batches: exactly today's output, one group per record.
+
+Memory: merging must see the whole shard before it can emit a user's batches (records are not sorted by
+user), so :func:`coalesce` holds the shard's replays (their replay batches' payloads: what the shard's
+dedupe-check output decodes to) plus the encoded bodies of one group at a time. Groups are yielded one by
+one and each record's payloads are released once its group is built. Size shards so that one fits a
+worker: with shard count = chunk count, a shard holds about as many records as a chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from . import jsonio, limits
+from .model import RecordRef, Replay, ReplayBatch
+from .transform import _REQUEST_ID_BYTES, _request_id, _with_request_id
+from .values import exact_int
+
+# Airflow's max_map_length: a DAG cannot map a task over more shards than this.
+MAX_MAPPED_TASKS = 1024
+# Batch-level fields of the ORIGINAL quarantine batch that say who and where (the user context).
+USER_CONTEXT_FIELDS = (
+    "mpid",
+    "user_identities",
+    "mp_deviceid",
+    "device_info",
+    "application_info",
+    "environment",
+    "ip",
+    "consent_state",
+    "integration_attributes",
+)
+# Payload fields that are a batch's content; every other field is its envelope.
+CONTENT_FIELDS = frozenset({"events", "user_attributes", "source_request_id"})
+# Names the hash of a merged batch's keys, so it never equals a transform id (which hashes a batch id).
+_COALESCED = "coalesced"
+_USER_ATTRIBUTES_FIELD = len(',"user_attributes":')
+
+_canonical = msgspec.json.Encoder(order="sorted").encode
+
+
+# --- Shards ---------------------------------------------------------------------------------------------
+
+
+def user_context(original_batch: dict[str, Any]) -> dict[str, Any]:
+    """The fields of :data:`USER_CONTEXT_FIELDS` and ``context.data_plan`` (``plan_id``, ``plan_version``;
+    never ``block_metadata``) of an original batch, normalised: ``mpid`` and ``plan_version`` as exact
+    ints (``"123"`` and ``123`` are the same), empty values (None, ``""``, ``{}``, ``[]``, mpid 0) left out
+    as the transform leaves them out."""
+    context: dict[str, Any] = {}
+    for name in USER_CONTEXT_FIELDS:
+        value = original_batch.get(name)
+        if value is None or value == "" or value == {} or value == []:
+            continue
+        context[name] = value
+    if "mpid" in context:
+        mpid = exact_int(context["mpid"])
+        if mpid == 0:
+            del context["mpid"]
+        elif mpid is not None:
+            context["mpid"] = mpid
+    batch_context = original_batch.get("context")
+    data_plan = batch_context.get("data_plan") if type(batch_context) is dict else None
+    if type(data_plan) is dict:
+        plan = {}
+        if data_plan.get("plan_id") not in (None, ""):
+            plan["plan_id"] = data_plan["plan_id"]
+        version = data_plan.get("plan_version")
+        if version is not None and version != "":
+            converted = exact_int(version)
+            plan["plan_version"] = converted if converted is not None else version
+        if plan:
+            context["data_plan"] = plan
+    return context
+
+
+def user_context_hash(original_batch: dict[str, Any]) -> int:
+    """A stable unsigned 64-bit hash of who and where the original batch is (:func:`user_context`).
+
+    The blake2b of its canonical encoding (keys sorted at every level): the same on every machine, in
+    every run, whatever the key order or the run's settings. ``original_batch`` is the quarantine batch
+    (``Replay.batch``: the original without its events).
+    """
+    digest = hashlib.blake2b(_canonical(user_context(original_batch)), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def shard_of(context_hash: int, shard_count: int) -> int:
+    """The shard (0 .. shard_count - 1) of a user context hash."""
+    if shard_count < 1:
+        raise ValueError(f"shard_count must be at least 1, got {shard_count}")
+    return context_hash % shard_count
+
+
+def replay_shard(replay: Replay, shard_count: int) -> int:
+    """The shard of a record: that of its original batch's user context."""
+    return shard_of(user_context_hash(replay.batch), shard_count)
+
+
+def ledger_part_may_hold(part_shards: int, part_index: int, reader_shards: int, reader_index: int) -> bool:
+    """Whether a ledger part written by shard ``part_index`` of ``part_shards`` may hold replay keys of
+    reader shard ``reader_index`` of ``reader_shards``: iff ``part_index ≡ reader_index (mod
+    gcd(part_shards, reader_shards))``.
+
+    Why: a key belongs to the record's context hash ``h``; it was written by shard ``h mod part_shards``
+    and is looked up by shard ``h mod reader_shards``. By the Chinese remainder theorem a number ``h`` with
+    ``h ≡ p (mod P)`` and ``h ≡ r (mod R)`` exists iff ``p ≡ r (mod gcd(P, R))``. So a re-run with another
+    shard count still finds every key (it reads every part that may hold one), and reads no part that
+    cannot: with the same count, shard r reads only parts of shard r; a part written unsharded
+    (``part_shards=1``) is read by every shard.
+    """
+    if not (0 <= part_index < part_shards and 0 <= reader_index < reader_shards):
+        raise ValueError(
+            f"shard index out of range: part {part_index} of {part_shards}, reader {reader_index} of {reader_shards}"
+        )
+    return (part_index - reader_index) % math.gcd(part_shards, reader_shards) == 0
+
+
+def shard_count_for(chunks: int) -> int:
+    """How many shards a partition of ``chunks`` chunks is cut into: one per chunk (a shard then holds
+    about a chunk's records), at least 1, at most Airflow's :data:`MAX_MAPPED_TASKS`."""
+    return max(1, min(chunks, MAX_MAPPED_TASKS))
+
+
+# --- Merging --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CoalesceSettings:
+    """How a shard's replay batches are merged.
+
+    :param coalesce: merge the batches of the same envelope; off: every record keeps its own batches.
+    :param request_id_salt: as :attr:`.transform.TransformSettings.request_id_salt` (a forced resend
+        sets it), mixed into the ``source_request_id`` of merged batches.
+    """
+
+    coalesce: bool = True
+    request_id_salt: str = ""
+
+
+class CoalescedBatch(msgspec.Struct, frozen=True):
+    """One batch to send, and what it delivers for which records.
+
+    :param members: per member record (sorted by :class:`.RecordRef`), the replay keys this batch
+        delivers for it.
+    :param replay_keys: every key of the batch: one per event, in the order of ``payload["events"]``,
+        then the user attribute keys (as :class:`.ReplayBatch` orders them).
+    :param payload: the Events API batch, ``source_request_id`` included (its last field).
+    :param body: the encoded payload, as sent.
+    :param size: ``len(body)``.
+    :param attribute_names: per user attribute key, the names of ``payload["user_attributes"]`` it
+        delivers (empty when every one was superseded by a later batch's value).
+    """
+
+    members: tuple[tuple[RecordRef, tuple[str, ...]], ...]
+    replay_keys: tuple[str, ...]
+    payload: dict[str, Any]
+    body: bytes
+    size: int
+    attribute_names: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def refs(self) -> tuple[RecordRef, ...]:
+        return tuple(ref for ref, _ in self.members)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "members": [[ref.to_json(), list(keys)] for ref, keys in self.members],
+            "keys": list(self.replay_keys),
+            "attribute_names": [[key, list(names)] for key, names in self.attribute_names],
+            "payload": self.payload,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> CoalescedBatch:
+        payload = value["payload"]
+        body = jsonio.dumps(payload)  # source_request_id is the payload's last field, as in the body sent
+        return cls(
+            members=tuple((RecordRef.from_json(ref), tuple(keys)) for ref, keys in value["members"]),
+            replay_keys=tuple(value["keys"]),
+            payload=payload,
+            body=body,
+            size=len(body),
+            attribute_names=tuple((key, tuple(names)) for key, names in value.get("attribute_names", ())),
+        )
+
+
+class CoalescedGroup(msgspec.Struct):
+    """The records of one envelope and route, and the batches that deliver all of them.
+
+    Every record is in exactly one group, so once a group is yielded the number of batches each of its
+    records waits on is known (:func:`batches_per_record`). ``replays`` are the records themselves (for
+    their trail and outcome), their ``batches`` emptied: the group's batches replace them.
+    """
+
+    route: str
+    replays: list[Replay]
+    batches: list[CoalescedBatch]
+
+
+def batches_per_record(batches: Iterable[CoalescedBatch]) -> Counter[RecordRef]:
+    """How many batches each record waits on: a record ends when all of them are answered."""
+    waiting: Counter[RecordRef] = Counter()
+    for batch in batches:
+        for ref, _keys in batch.members:
+            waiting[ref] += 1
+    return waiting
+
+
+def member_payload(batch: CoalescedBatch, ref: RecordRef) -> dict[str, Any]:
+    """The part of ``batch`` that member ``ref`` contributes (its events, its user attributes) with the
+    batch's envelope: what to dead-letter for that record when the API refuses the batch."""
+    keys = next((set(keys) for member, keys in batch.members if member == ref), None)
+    if keys is None:
+        raise KeyError(f"{ref} is not a member of this batch")
+    payload = batch.payload
+    envelope = {name: value for name, value in payload.items() if name not in CONTENT_FIELDS}
+    events = payload.get("events") or []
+    part: dict[str, Any] = {
+        **envelope,
+        "events": [event for key, event in zip(batch.replay_keys, events, strict=False) if key in keys],
+    }
+    if batch.attribute_names:
+        attributes = payload.get("user_attributes") or {}
+        names = [name for key, names in batch.attribute_names if key in keys for name in names]
+        if names:
+            part["user_attributes"] = {name: attributes[name] for name in names}
+    elif "user_attributes" in payload and any(key in keys for key in batch.replay_keys[len(events) :]):
+        part["user_attributes"] = payload["user_attributes"]  # a batch kept as the transform built it
+    return part
+
+
+def coalesce(replays: Iterable[Replay], settings: CoalesceSettings, counts: Counter[str]) -> Iterator[CoalescedGroup]:
+    """Merge the replay batches of one shard (see the module docstring); yield one group per envelope.
+
+    Counts ``batches_before_coalescing``, ``batches_after_coalescing``, ``records_coalesced`` (records
+    that share a batch with another record) and ``user_attributes_superseded``.
+    """
+    if not settings.coalesce:
+        for replay in replays:
+            yield _unchanged(replay, counts)
+        return
+    groups: dict[tuple[str, bytes], list[Replay]] = {}
+    for replay in replays:
+        if not replay.batches:  # nothing to send (the send stage never gets one): still never lost
+            yield _unchanged(replay, counts)
+            continue
+        groups.setdefault((_route(replay), _envelope_key(replay.batches[0].payload)), []).append(replay)
+    # Deterministic whatever the input order: records by their place, groups by their first record.
+    ordered = sorted((sorted(members, key=_ref_order) for members in groups.values()), key=lambda m: _ref_order(m[0]))
+    groups.clear()
+    for members in ordered:
+        if len(members) == 1:
+            yield _unchanged(members[0], counts)
+        else:
+            yield _merge(members, settings.request_id_salt, counts)
+
+
+def _route(replay: Replay) -> str:
+    return getattr(replay, "route", "")
+
+
+def _ref_order(replay: Replay) -> tuple[str, int, int]:
+    ref = replay.ref
+    return (ref.object_key, ref.line, ref.part)
+
+
+def _envelope_key(payload: dict[str, Any]) -> bytes:
+    """The canonical encoding of a payload's envelope: equal bytes iff equal envelopes."""
+    return _canonical({name: value for name, value in payload.items() if name not in CONTENT_FIELDS})
+
+
+def _unchanged(replay: Replay, counts: Counter[str]) -> CoalescedGroup:
+    """A record's batches as the transform built them, one to one."""
+    batches = []
+    for batch in replay.batches:
+        body = batch.body if batch.body is not None else jsonio.dumps(batch.payload)
+        batches.append(
+            CoalescedBatch(((replay.ref, batch.replay_keys),), batch.replay_keys, batch.payload, body, len(body))
+        )
+    replay.batches = []
+    counts["batches_before_coalescing"] += len(batches)
+    counts["batches_after_coalescing"] += len(batches)
+    return CoalescedGroup(_route(replay), [replay], batches)
+
+
+class _Event(msgspec.Struct):
+    order: tuple[bool, int, str, int, int, int, int]
+    key: str
+    ref: RecordRef
+    event: dict[str, Any]
+
+
+class _Attributes(msgspec.Struct):
+    """One record's restored user attributes (one replay key), reduced to the names it wins."""
+
+    recency: tuple[int, int, str, int, int]
+    key: str
+    ref: RecordRef
+    attributes: dict[str, Any]
+    host: int = -1  # for a unit with no name left: the unit whose batch delivers its key
+    batch: int = -1  # the batch it is placed in
+
+
+def _merge(members: list[Replay], salt: str, counts: Counter[str]) -> CoalescedGroup:
+    envelope = {name: value for name, value in members[0].batches[0].payload.items() if name not in CONTENT_FIELDS}
+    events: list[_Event] = []
+    units: list[_Attributes] = []
+    loose: list[tuple[RecordRef, ReplayBatch]] = []  # a batch whose envelope differs from its record's first
+    first_key = _envelope_key(members[0].batches[0].payload)
+    before = 0
+    for replay in members:
+        ref = replay.ref
+        place = (ref.object_key, ref.line, ref.part)
+        newest: int | None = None
+        record_units: list[_Attributes] = []
+        for batch_index, batch in enumerate(replay.batches):
+            before += 1
+            payload = batch.payload
+            if batch_index and _envelope_key(payload) != first_key:
+                loose.append((ref, batch))  # cannot happen with the transform's batches; kept safe
+                continue
+            batch_events = payload.get("events") or []
+            for event_index, (key, event) in enumerate(zip(batch.replay_keys, batch_events, strict=False)):
+                data = event.get("data")
+                ts = data.get("timestamp_unixtime_ms") if type(data) is dict else None
+                if type(ts) is not int:
+                    ts = None
+                elif newest is None or ts > newest:
+                    newest = ts
+                order = (ts is None, ts or 0, *place, batch_index, event_index)
+                events.append(_Event(order, key, ref, event))
+            for index, key in enumerate(batch.replay_keys[len(batch_events) :]):
+                attributes = (payload.get("user_attributes") or {}) if index == 0 else {}
+                record_units.append(_Attributes((0, 0, "", 0, 0), key, ref, dict(attributes)))
+        received = exact_int(replay.batch.get("timestamp_unixtime_ms"))
+        latest = received if received is not None else newest if newest is not None else -1
+        for unit in record_units:
+            unit.recency = (latest, newest if newest is not None else -1, *place)
+        units.extend(record_units)
+        replay.batches = []  # released: the group's batches deliver everything
+    events.sort(key=lambda item: item.order)
+    units.sort(key=lambda unit: unit.recency)
+    names = _latest_wins(units, counts)
+
+    batches = _pack(envelope, events, units, names, salt)
+    for ref, batch in loose:
+        body = batch.body if batch.body is not None else jsonio.dumps(batch.payload)
+        batches.append(CoalescedBatch(((ref, batch.replay_keys),), batch.replay_keys, batch.payload, body, len(body)))
+    counts["batches_before_coalescing"] += before
+    counts["batches_after_coalescing"] += len(batches)
+    shared = {ref for batch in batches if len(batch.members) > 1 for ref, _ in batch.members}
+    counts["records_coalesced"] += len(shared)
+    return CoalescedGroup(_route(members[0]), members, batches)
+
+
+def _latest_wins(units: list[_Attributes], counts: Counter[str]) -> int:
+    """Keep in each unit (sorted oldest first) only the names no later unit carries; return the number
+    of distinct names. A unit left with no name delivers its key with the unit that won its first name."""
+    winner: dict[str, int] = {}
+    superseded = 0
+    for index in range(len(units) - 1, -1, -1):
+        unit = units[index]
+        original = unit.attributes
+        kept = {name: value for name, value in original.items() if name not in winner}
+        superseded += len(original) - len(kept)
+        if original and not kept:
+            unit.host = winner[next(iter(original))]
+        for name in kept:
+            winner[name] = index
+        unit.attributes = kept
+    if superseded:
+        counts["user_attributes_superseded"] += superseded
+    return len(winner)
+
+
+def _pack(
+    envelope: dict[str, Any], events: list[_Event], units: list[_Attributes], names: int, salt: str
+) -> list[CoalescedBatch]:
+    """The group's batches: one when everything fits (nearly always), else split by size and names."""
+    if names <= limits.MAX_USER_ATTRIBUTES:
+        for unit in units:
+            unit.batch = 0
+        payload = _payload(envelope, events, units)
+        encoded = jsonio.dumps(payload)
+        if len(encoded) + _REQUEST_ID_BYTES <= limits.MAX_BATCH_BYTES:
+            return [_batch(payload, encoded, events, units, salt)]
+
+    # Split: events in time order, greedily, each batch within the size limit (sizes are exact upper
+    # bounds: the parts of a JSON object add up); then each record's user attributes, whole, into the
+    # first batch with room for its names and bytes, else into a batch of their own.
+    base = len(jsonio.dumps({**envelope, "events": []})) + _REQUEST_ID_BYTES
+    room = limits.MAX_BATCH_BYTES
+    parts: list[list[_Event]] = []
+    sizes: list[int] = []
+    current: list[_Event] = []
+    size = base
+    for item in events:
+        cost = len(jsonio.dumps(item.event)) + 1
+        if current and size + cost > room:
+            parts.append(current)
+            sizes.append(size)
+            current, size = [], base
+        current.append(item)
+        size += cost
+    if current:
+        parts.append(current)
+        sizes.append(size)
+    counted = [0] * len(parts)
+    for unit in units:
+        if not unit.attributes:
+            continue
+        cost = _USER_ATTRIBUTES_FIELD + len(jsonio.dumps(unit.attributes))
+        for index in range(len(parts)):
+            if counted[index] + len(unit.attributes) <= limits.MAX_USER_ATTRIBUTES and sizes[index] + cost <= room:
+                break
+        else:
+            index = len(parts)
+            parts.append([])
+            sizes.append(base)
+            counted.append(0)
+        unit.batch = index
+        sizes[index] += cost
+        counted[index] += len(unit.attributes)
+    for unit in units:
+        if not unit.attributes:
+            unit.batch = units[unit.host].batch if unit.host >= 0 else 0
+    if not parts:
+        parts.append([])
+    batches = []
+    for index, part in enumerate(parts):
+        placed = [unit for unit in units if unit.batch == index]
+        payload = _payload(envelope, part, placed)
+        batches.append(_batch(payload, jsonio.dumps(payload), part, placed, salt))
+    return batches
+
+
+def _payload(envelope: dict[str, Any], events: list[_Event], units: list[_Attributes]) -> dict[str, Any]:
+    payload = {**envelope, "events": [item.event for item in events]}
+    merged = {name: value for unit in units for name, value in unit.attributes.items()}
+    if merged:
+        payload["user_attributes"] = merged
+    return payload
+
+
+def _batch(
+    payload: dict[str, Any], encoded: bytes, events: list[_Event], units: list[_Attributes], salt: str
+) -> CoalescedBatch:
+    keys = [item.key for item in events] + [unit.key for unit in units]
+    request_id = _request_id(_COALESCED, salt, jsonio.dumps(sorted(keys)))
+    payload["source_request_id"] = request_id
+    body = _with_request_id(encoded, request_id)
+    by_ref: dict[RecordRef, list[str]] = {}
+    for item in events:
+        by_ref.setdefault(item.ref, []).append(item.key)
+    for unit in units:
+        by_ref.setdefault(unit.ref, []).append(unit.key)
+    members = tuple(
+        (ref, tuple(member_keys))
+        for ref, member_keys in sorted(
+            by_ref.items(), key=lambda item: (item[0].object_key, item[0].line, item[0].part)
+        )
+    )
+    attribute_names = tuple((unit.key, tuple(unit.attributes)) for unit in units)
+    return CoalescedBatch(members, tuple(keys), payload, body, len(body), attribute_names)
