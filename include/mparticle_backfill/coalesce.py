@@ -507,3 +507,35 @@ def _batch(
     )
     attribute_names = tuple((unit.key, tuple(unit.attributes)) for unit in units)
     return CoalescedBatch(members, tuple(keys), payload, body, len(body), attribute_names)
+
+
+def without_delivered(batch: CoalescedBatch, done: list[bool], salt: str = "") -> CoalescedBatch:
+    """``batch`` minus the parts whose replay keys are ``done`` (an earlier try delivered them in a batch of
+    another make-up), with its own ``source_request_id``; members left with nothing are no longer members.
+
+    Rare: a retry coalesces the same stage file into the same batches, so a batch is either wholly in the
+    ledger or not at all; this covers a ledger written by another version or another shard count.
+    """
+    keep = {key for key, already in zip(batch.replay_keys, done, strict=True) if not already}
+    payload = {name: value for name, value in batch.payload.items() if name not in CONTENT_FIELDS}
+    events = batch.payload.get("events") or []
+    payload["events"] = [event for key, event in zip(batch.replay_keys, events, strict=False) if key in keep]
+    attribute_keys = [key for key in batch.replay_keys[len(events) :] if key in keep]
+    if attribute_keys and "user_attributes" in batch.payload:
+        attributes = batch.payload["user_attributes"]
+        if batch.attribute_names:
+            names = {name for key, names in batch.attribute_names if key in keep for name in names}
+            attributes = {name: value for name, value in attributes.items() if name in names}
+        if attributes:
+            payload["user_attributes"] = attributes
+    keys = tuple(key for key in batch.replay_keys if key in keep)
+    request_id = _request_id(_COALESCED + ":part", salt, jsonio.dumps(sorted(keys)))
+    payload["source_request_id"] = request_id
+    body = jsonio.dumps(payload)
+    members = tuple(
+        (ref, tuple(key for key in member_keys if key in keep))
+        for ref, member_keys in batch.members
+        if any(key in keep for key in member_keys)
+    )
+    attribute_names = tuple((key, names) for key, names in batch.attribute_names if key in keep)
+    return CoalescedBatch(members, keys, payload, body, len(body), attribute_names)

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import jsonio, limits
 from .accounting import Summary
-from .coalesce import CoalescedBatch, CoalescedGroup, batches_per_record, member_payload
+from .coalesce import CoalescedBatch, CoalescedGroup, batches_per_record, member_payload, without_delivered
 from .dedupe_check import without_keys
 from .model import DEAD_LETTERED, REPLAYED, DeadLetter, DeadLetterSink, RecordRef, Replay, ReplayBatch
 
@@ -180,6 +180,35 @@ def skip_accepted(
             summary.finish(replay)
         else:
             yield replay
+
+
+def skip_delivered(
+    groups: Iterable[CoalescedGroup], accepted_keys: Set[str], summary: Summary, request_id_salt: str = ""
+) -> Iterator[CoalescedGroup]:
+    """:func:`skip_accepted` for batches already coalesced: a retried send rebuilds the same batches from
+    the same stage file (same members, same ``source_request_id``), drops those an earlier try delivered
+    wholly, and sends the others as they were: if an earlier try's batch was accepted but its keys never
+    reached the ledger (the task was killed), mParticle drops the repeat by its ``source_request_id``.
+    Skipping per record before coalescing would change the batches' make-up, and with it their ids."""
+    for group in groups:
+        if accepted_keys and group.batches:
+            by_ref = {replay.ref: replay for replay in group.replays}
+            kept: list[CoalescedBatch] = []
+            for batch in group.batches:
+                done = [key in accepted_keys for key in batch.replay_keys]
+                if not any(done):
+                    kept.append(batch)
+                    continue
+                for ref, keys in batch.members:
+                    if any(key in accepted_keys for key in keys):
+                        by_ref[ref].trail.append((REPLAYED, ACCEPTED_BY_EARLIER_TRY))
+                if all(done):
+                    summary.counts[f"batches_skipped:{ACCEPTED_BY_EARLIER_TRY}"] += 1
+                else:
+                    summary.counts[f"keys_skipped:{ACCEPTED_BY_EARLIER_TRY}"] += sum(done)
+                    kept.append(without_delivered(batch, done, request_id_salt))
+            group.batches = kept
+        yield group
 
 
 def pack_requests(replays: Iterable[Replay], tracker: SendTracker) -> Iterator[BulkRequest]:

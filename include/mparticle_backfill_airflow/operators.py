@@ -22,7 +22,7 @@ from mparticle_backfill.send import (
     SendTracker,
     pack_groups,
     payloads,
-    skip_accepted,
+    skip_delivered,
 )
 from mparticle_backfill.settings import StatePaths
 
@@ -146,11 +146,12 @@ class MParticleSendOperator(BaseOperator):
                 replays: Iterable[Replay] = only_route(
                     s3.read_replays(bucket, stage_file), route, self.mparticle_conn_id
                 )
-                if not settings.dry_run:
-                    replays = skip_accepted(replays, accepted, summary, salt)
                 tracker = SendTracker(summary, dead.write_dead_letter)
-                # Each user's batches merged into as few as the limits allow (off: one group per record).
+                # Each user's batches merged into as few as the limits allow (off: one group per record). The
+                # same stage file always gives the same batches: a retry skips those an earlier try delivered.
                 groups = coalesce(replays, CoalesceSettings(settings.coalesce, salt), summary.counts)
+                if not settings.dry_run:
+                    groups = skip_delivered(groups, accepted, summary, salt)
                 requests_to_send = pack_groups(groups, tracker)
                 if settings.dry_run:
                     self._dry_run(s3, bucket, paths, index, route, requests_to_send, tracker, summary)
