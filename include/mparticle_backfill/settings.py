@@ -20,6 +20,7 @@ from .plan_gate import HOLD, OFF, PlanGate
 from .plan_gate import MODES as PLAN_CHECK_MODES
 from .routes import SEND_TO_DEFAULT, Routing, compile_routes
 from .select import SelectionSettings
+from .stage_codec import SUFFIX as STAGE_SUFFIX
 from .transform import KEEP, OMIT, TransformSettings
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
@@ -367,7 +368,7 @@ class StatePaths:
         return f"{self.state_prefix.strip('/')}/{self.day.isoformat()}"
 
     def stage_output(self, stage: str, chunk: int) -> str:
-        return f"{self.partition}/runs/{self.run_key}/{stage}/chunk-{chunk:05d}.ndjson.gz"
+        return f"{self.partition}/runs/{self.run_key}/{stage}/chunk-{chunk:05d}{STAGE_SUFFIX}"
 
     @property
     def ledger_prefix(self) -> str:
@@ -387,14 +388,14 @@ class StatePaths:
 
     def transform_output(self, chunk: int, shard: int) -> str:
         """Transform writes each chunk's replays to the shard of their user context."""
-        return f"{self.transform_shard_prefix(shard)}chunk-{chunk:05d}.ndjson.gz"
+        return f"{self.transform_shard_prefix(shard)}chunk-{chunk:05d}{STAGE_SUFFIX}"
 
     def transform_shard_prefix(self, shard: int) -> str:
         """Every chunk's replays of one shard: what that shard's dedupe_check reads."""
         return f"{self.partition}/runs/{self.run_key}/transform/shard-{shard:05d}/"
 
     def shard_output(self, stage: str, shard: int) -> str:
-        return f"{self.partition}/runs/{self.run_key}/{stage}/shard-{shard:05d}.ndjson.gz"
+        return f"{self.partition}/runs/{self.run_key}/{stage}/shard-{shard:05d}{STAGE_SUFFIX}"
 
     def dead_letters(self, stage: str, chunk: int, unit: str = "chunk") -> str:
         """Dead letters of one stage task (``unit``: ``chunk``, or ``shard`` for dedupe_check and send)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from botocore.exceptions import ClientError
 
-from mparticle_backfill import jsonio
+from mparticle_backfill import jsonio, stage_codec
 from mparticle_backfill.extract import open_object
 from mparticle_backfill.model import DeadLetter, Replay
 from mparticle_backfill.partition import PartitionLayout, is_verification_object
@@ -61,9 +62,16 @@ class QuarantineS3Hook(S3Hook):
                 yield line
 
     def read_replays(self, bucket: str, key: str) -> Iterator[Replay]:
-        """The replays in a stage file."""
-        for line in self.read_lines(bucket, key):
-            yield Replay.from_json(jsonio.loads(line))
+        """The replays in a stage file (msgpack frames in zstd; a gzip NDJSON file of an older version too)."""
+        if not key.endswith(stage_codec.SUFFIX):
+            for line in self.read_lines(bucket, key):
+                yield Replay.from_json(jsonio.loads(line))
+            return
+        import zstandard
+
+        body = self.object_stream(bucket, key)
+        with zstandard.ZstdDecompressor().stream_reader(body, closefd=True) as reader:
+            yield from stage_codec.iter_replays(io.BufferedReader(reader, 1 << 20), f"s3://{bucket}/{key}")
 
     def read_ledger(self, bucket: str, prefix: str, shard: tuple[int, int] | None = None) -> set[str]:
         """The replay keys the API accepted for a partition, from its ledger parts: all of them, or with
@@ -143,9 +151,16 @@ class StageFileWriter:
         self.hook, self.bucket, self.key = hook, bucket, key
         self.upload_empty = upload_empty
         self.lines = 0
-        handle, self._path = tempfile.mkstemp(suffix=".ndjson")
+        # Replays between tasks: msgpack frames, zstd level 1 (stage_codec); anything else: NDJSON.
+        self.frames = key.endswith(stage_codec.SUFFIX)
+        handle, self._path = tempfile.mkstemp(suffix=".stage")
         raw = os.fdopen(handle, "wb")
-        self._file: Any = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=3) if compress else raw
+        if self.frames:
+            import zstandard
+
+            self._file: Any = zstandard.ZstdCompressor(level=1).stream_writer(raw, closefd=False)
+        else:
+            self._file = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=3) if compress else raw
         self._raw = raw
 
     def write(self, value: Any) -> None:
@@ -153,7 +168,11 @@ class StageFileWriter:
         self.lines += 1
 
     def write_replay(self, replay: Replay) -> None:
-        self.write(replay.to_json())
+        if self.frames:
+            self._file.write(stage_codec.encode_replay(replay))
+            self.lines += 1
+        else:
+            self.write(replay.to_json())
 
     def write_dead_letter(self, letter: DeadLetter) -> None:
         self.write(letter.to_json())
@@ -179,4 +198,6 @@ class StageFileWriter:
             self.close()
         else:  # a failed stage uploads nothing half-written
             self._file.close()
+            if self._raw is not self._file:
+                self._raw.close()
             os.unlink(self._path)

@@ -100,7 +100,7 @@ def test_several_chunks_with_the_same_batch_in_two_of_them(airflow_db, s3, conne
     assert len(emulator.state.batches) == 1
     stage_files = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{STATE}/runs/").get("Contents", [])
     assert {item["Key"].rsplit("/", 1)[-1] for item in stage_files} >= {
-        "chunk-00000.ndjson.gz", "chunk-00001.ndjson.gz", "chunk-00002.ndjson.gz",
+        "chunk-00000.msgpack.zst", "chunk-00001.msgpack.zst", "chunk-00002.msgpack.zst",
     }  # fmt: skip
 
 
