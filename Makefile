@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
-.PHONY: venv browser test lint format run stop bench clean
+.PHONY: venv browser redis test lint format run stop bench clean
 
 venv: $(VENV)/.installed
 
@@ -21,8 +21,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 browser:
 	bash tools/install_browser.sh
 
+# Redis from Debian's package, the broker of the CeleryExecutor test (the test starts and stops its own server).
+redis:
+	bash tools/install_redis.sh
+
 ## make test: set up and run the whole test suite (what CI runs).
-test: venv browser
+test: venv browser redis
 	$(PY) -m pytest
 
 lint: venv
