@@ -20,6 +20,12 @@ from .limits import CUSTOM_EVENT_TYPES, MAX_NAME_LENGTH
 
 _NAME: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH}
 _VALUE: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
+_NAME_AND_VALUE: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "value"],
+    "properties": {"name": _NAME, "value": _VALUE},
+    "additionalProperties": False,
+}
 _OPERANDS: dict[str, dict[str, Any]] = {
     "equals": {"description": "the value equals this"},
     "in": {"type": "array", "description": "the value is one of these"},
@@ -54,12 +60,7 @@ def _step(action: str, argument: dict[str, Any]) -> dict[str, Any]:
 _STEP_ARGUMENTS: dict[str, dict[str, Any]] = {
     "rename_event": _NAME,
     "set_custom_event_type": {"enum": sorted(CUSTOM_EVENT_TYPES)},
-    "set_event_attribute": {
-        "type": "object",
-        "required": ["name", "value"],
-        "properties": {"name": _NAME, "value": _VALUE},
-        "additionalProperties": False,
-    },
+    "set_event_attribute": _NAME_AND_VALUE,
     "rename_event_attribute": {
         "type": "object",
         "required": ["from", "to"],
@@ -73,12 +74,7 @@ _STEP_ARGUMENTS: dict[str, dict[str, Any]] = {
         "properties": {"name": _NAME, "to": {"enum": list(CAST_TYPES)}},
         "additionalProperties": False,
     },
-    "set_user_attribute": {
-        "type": "object",
-        "required": ["name", "value"],
-        "properties": {"name": _NAME, "value": _VALUE},
-        "additionalProperties": False,
-    },
+    "set_user_attribute": _NAME_AND_VALUE,
     "remove_user_attribute": _NAME,
 }
 assert set(_STEP_ARGUMENTS) == set(EVENT_STEPS + USER_STEPS)

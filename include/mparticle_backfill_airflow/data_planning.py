@@ -9,7 +9,6 @@ JSON body ``{"client_id", "client_secret", "audience": "https://api.mparticle.co
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +22,8 @@ import tenacity
 from airflow.providers.http.hooks.http import HttpHook
 
 from mparticle_backfill.errors import BackfillError, CredentialsRefused, InvalidSettings
+
+from .http_retry import Retryable, RetryAfterOr, retry_after
 
 log = logging.getLogger("mparticle_backfill.data_planning")
 
@@ -257,23 +258,20 @@ class DataPlanningClient:
         try:
             return self._session.request(method, url, timeout=(timeout, timeout), **kwargs)
         except (requests.ConnectionError, requests.Timeout) as error:
-            raise _Retryable(f"{type(error).__name__} from {url}") from None
+            raise Retryable(f"{type(error).__name__} from {url}") from None
 
     @staticmethod
     def _raise_if_retryable(response: requests.Response) -> None:
         status = response.status_code
         if status == 429 or status >= 500:
-            raise _Retryable(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
+            raise Retryable(f"HTTP {status}", retry_after(response.headers.get("Retry-After")))
 
     def _retrying(self, call: Callable[..., Any], what: str, *args: Any) -> Any:
         settings = self.settings
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(settings.max_retries + 1),
-            wait=_RetryAfterOr(
-                tenacity.wait_random_exponential(multiplier=settings.backoff_seconds, max=settings.max_backoff_seconds),
-                settings.max_backoff_seconds,
-            ),
-            retry=tenacity.retry_if_exception_type(_Retryable),
+            wait=RetryAfterOr(settings.backoff_seconds, settings.max_backoff_seconds),
+            retry=tenacity.retry_if_exception_type(Retryable),
             before_sleep=lambda state: log.warning(
                 "Data Planning API: %s, retrying (attempt %d)", state.outcome.exception(), state.attempt_number
             ),
@@ -281,51 +279,14 @@ class DataPlanningClient:
         )
         try:
             return retrying(call, *args)
-        except _Retryable as last:
+        except Retryable as last:
             raise DataPlanningUnavailable(
                 f"could not get {what} after {settings.max_retries + 1} attempts (last: {last})"
             ) from None
 
 
-class _Retryable(Exception):
-    """One attempt failed in a way a retry may fix; ``retry_after`` is the server's wish, in seconds."""
-
-    def __init__(self, problem: str, retry_after: float | None = None) -> None:
-        super().__init__(problem)
-        self.retry_after = retry_after
-
-
 class _Unauthorized(Exception):
     """The API refused the bearer token (401): renew it once."""
-
-
-class _RetryAfterOr:
-    """Wait what the server's ``Retry-After`` asks (capped), else the fallback backoff."""
-
-    def __init__(self, fallback: Callable[[tenacity.RetryCallState], float], cap: float) -> None:
-        self.fallback = fallback
-        self.cap = cap
-
-    def __call__(self, state: tenacity.RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, _Retryable) and error.retry_after is not None:
-            return min(error.retry_after, self.cap)
-        return self.fallback(state)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds: a number, or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 class MParticleDataPlanningHook(HttpHook):

@@ -26,6 +26,8 @@ from mparticle_backfill.errors import (
 )
 from mparticle_backfill.send import BulkRequest, OutgoingBatch, request_body
 
+from .http_retry import Retryable, RetryAfterOr, retry_after
+
 log = logging.getLogger("mparticle_backfill.events_api")
 
 PODS = {
@@ -270,25 +272,22 @@ class EventsApiClient:
         settings = self.settings
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(settings.max_retries + 1),
-            wait=_RetryAfterOr(
-                tenacity.wait_random_exponential(multiplier=settings.backoff_seconds, max=settings.max_backoff_seconds),
-                settings.max_backoff_seconds,
-            ),
-            retry=tenacity.retry_if_exception_type(_Retryable),
+            wait=RetryAfterOr(settings.backoff_seconds, settings.max_backoff_seconds),
+            retry=tenacity.retry_if_exception_type(Retryable),
             sleep=self._stop.wait,  # a failure elsewhere ends the wait at once
             before_sleep=lambda _: _count_retry(result),
             reraise=True,
         )
         try:
             return retrying(self._attempt, body, batches, result)
-        except _Retryable as last:
+        except Retryable as last:
             raise TransientSendError(
                 f"the Events API did not accept a request of {batches} batches after "
                 f"{settings.max_retries + 1} attempts (last: {last.problem})"
             ) from None
 
     def _attempt(self, body: bytes, batches: int, result: RequestResult) -> tuple[int, str]:
-        """One paced POST: (202, "") or (400, message); raises :class:`_Retryable` for what a retry may fix."""
+        """One paced POST: (202, "") or (400, message); raises :class:`Retryable` for what a retry may fix."""
         if self._stop.is_set():
             raise _Stopped
         self.pacer.acquire(batches, self._stop)
@@ -299,7 +298,7 @@ class EventsApiClient:
         try:
             response = self._session.post(self.url, data=body, timeout=(timeout, timeout))
         except (requests.ConnectionError, requests.Timeout) as error:
-            raise _Retryable(type(error).__name__) from None
+            raise Retryable(type(error).__name__) from None
         status = response.status_code
         if status in (401, 403):
             self._stop.set()
@@ -317,38 +316,14 @@ class EventsApiClient:
             if status == 429:
                 result.throttled += 1
                 self.pacer.observe(None, throttled=True)
-                retry_after = response.headers.get("Retry-After", "")
-                raise _Retryable("HTTP 429", float(retry_after) if retry_after.isdigit() else None)
-            raise _Retryable(f"HTTP {status}")
+                raise Retryable("HTTP 429", retry_after(response.headers.get("Retry-After")))
+            raise Retryable(f"HTTP {status}")
         self._stop.set()
         raise RequestRefused(
             f"the Events API answered HTTP {status} to POST {self.url}: {_error_message(response)}. "
             "No retry can fix this: check the connection's host (the pod URL, e.g. "
             "https://s2s.us1.mparticle.com) and the input it points to"
         )
-
-
-class _Retryable(Exception):
-    """One attempt failed in a way a retry may fix; ``retry_after`` is the server's wish, in seconds."""
-
-    def __init__(self, problem: str, retry_after: float | None = None) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.retry_after = retry_after
-
-
-class _RetryAfterOr(tenacity.wait.wait_base):
-    """Wait what ``Retry-After`` asks (capped), else exponential backoff with full jitter."""
-
-    def __init__(self, backoff: tenacity.wait.wait_base, cap: float) -> None:
-        self.backoff = backoff
-        self.cap = cap
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        error = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(error, _Retryable) and error.retry_after is not None:
-            return min(error.retry_after, self.cap)
-        return self.backoff(retry_state)
 
 
 def _count_retry(result: RequestResult) -> None:
