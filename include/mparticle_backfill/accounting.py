@@ -20,6 +20,7 @@ _LABELS = {
     "already_replayed": "already replayed",
     "dead_lettered": "dead-lettered",
 }
+_RANK = {outcome: rank for rank, outcome in enumerate(OUTCOMES)}
 
 
 @dataclass(slots=True)
@@ -76,26 +77,33 @@ class Summary:
             counts=Counter({k: int(v) for k, v in (value.get("counts") or {}).items()}),
         )
 
-    def outcome_table(self) -> pd.DataFrame:
-        """Records by outcome and reason (the reconciled counts table), outcomes in report order."""
-        import pandas as pd  # only where tables are rendered: parsing the DAG never imports it
+    def outcome_rows(self) -> list[tuple[str, str, int]]:
+        """Records by outcome and reason, ``(outcome, reason, records)``: outcomes in report order, then the
+        most frequent reason first (ties by name)."""
+        rows = [(o, r, n) for (o, r), n in self.outcomes.items() if n]
+        return sorted(rows, key=lambda row: (_RANK[row[0]], -row[2], row[1]))
 
-        rows = [{"outcome": o, "reason": r, "records": n} for (o, r), n in self.outcomes.items() if n]
-        frame = pd.DataFrame(rows, columns=["outcome", "reason", "records"])
-        frame["order"] = frame["outcome"].map(OUTCOMES.index)
-        return frame.sort_values(["order", "records"], ascending=[True, False]).drop(columns="order")
+    def outcome_table(self) -> pd.DataFrame:
+        """:meth:`outcome_rows` as a pandas DataFrame (columns outcome, reason, records), for analysis in a
+        notebook: ``Summary.from_json(report["summary"]).outcome_table()``.
+
+        The task logs and reports are rendered from :meth:`outcome_rows` instead: importing pandas costs
+        ~1-2 s of CPU, and every task instance (a process of its own on a worker) renders its summary.
+        """
+        import pandas as pd
+
+        return pd.DataFrame(self.outcome_rows(), columns=["outcome", "reason", "records"])
 
     def render(self, title: str = "Backfill summary") -> str:
         """A one-screen plain-text table a person can read at a glance."""
-        table = self.outcome_table()
-        by_outcome = table.groupby("outcome", sort=False)["records"].sum()
+        rows = self.outcome_rows()
         width = max(8, len(str(self.records_read)))
         lines = [title, "=" * len(title), f"{'records read':<34}{self.records_read:>{width}}"]
         for outcome in OUTCOMES:
-            lines.append(f"  {_LABELS[outcome]:<32}{int(by_outcome.get(outcome, 0)):>{width}}")
-            for row in table[table["outcome"] == outcome].itertuples():
-                if row.reason != outcome:
-                    lines.append(f"      {row.reason:<28}{row.records:>{width}}")
+            lines.append(f"  {_LABELS[outcome]:<32}{self.total(outcome):>{width}}")
+            for row_outcome, reason, records in rows:
+                if row_outcome == outcome and reason != outcome:
+                    lines.append(f"      {reason:<28}{records:>{width}}")
         status = "OK" if self.reconciles() else f"MISMATCH: {self.records_read - self.accounted:+d} unaccounted"
         lines.append(f"{'reconciled':<34}{status:>{width}}")
         details = {k: v for k, v in self.counts.items() if v}
@@ -107,11 +115,10 @@ class Summary:
 
     def render_markdown(self, title: str) -> str:
         """The same report as Markdown, for the report object in S3."""
-        table = self.outcome_table()
         lines = [f"# {title}", "", f"**Records read:** {self.records_read}  ", ""]
         lines += ["| outcome | reason | records |", "|---|---|---:|"]
-        for row in table.itertuples():
-            lines.append(f"| {_LABELS[row.outcome]} | {row.reason} | {row.records} |")
+        for outcome, reason, records in self.outcome_rows():
+            lines.append(f"| {_LABELS[outcome]} | {reason} | {records} |")
         lines += ["", f"**Reconciled:** {'yes' if self.reconciles() else 'NO'}", ""]
         if self.counts:
             lines += ["| figure | value |", "|---|---:|"]
