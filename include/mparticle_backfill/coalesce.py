@@ -37,11 +37,14 @@ is identical, and whose records go to the same route (Events API connection):
 - a group of ONE record keeps its batches exactly as the transform built them (same bodies, same ids);
 - with ``coalesce`` off every record keeps its batches: exactly today's output, one group per record.
 
-Memory: merging must see the whole shard before it can emit a user's batches (records are not sorted by
-user), so :func:`coalesce` holds the shard's replays (their replay batches' payloads: what the shard's
-dedupe-check output decodes to) plus the encoded bodies of one group at a time. Groups are yielded one by
-one and each record's payloads are released once its group is built. Size shards so that one fits a
-worker: with shard count = chunk count, a shard holds about as many records as a chunk.
+Memory: merging must see every record of a user before it can emit the user's batches (records are not
+sorted by user), so :func:`coalesce` holds the replays it is given (their replay batches' payloads, ~10 KB
+per record decoded) plus the encoded bodies of one group at a time. Groups are yielded one by one and each
+record's payloads are released once its group is built. So that memory does not follow the shard, the
+send task cuts a shard of more than :data:`SLICE_REPLAYS` records into slices by user context
+(:func:`slice_of`: the hash bits above the shard's) and coalesces one slice at a time: a user's records
+are all in one slice, so slicing merges exactly what the whole shard would (only records of different
+user contexts whose replay envelopes a fix rule made equal could be apart).
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ from .values import exact_int
 
 # Airflow's max_map_length: a DAG cannot map a task over more shards than this.
 MAX_MAPPED_TASKS = 1024
+# The send task coalesces a shard one slice of about this many records at a time (its memory follows the
+# slice: ~10 KB per decoded record); a shard's records are cut into slices by user context, like shards.
+SLICE_REPLAYS = 10_000
 # Batch-level fields of the ORIGINAL quarantine batch that say who and where (the user context).
 USER_CONTEXT_FIELDS = (
     "mpid",
@@ -136,9 +142,30 @@ def shard_of(context_hash: int, shard_count: int) -> int:
     return context_hash % shard_count
 
 
+def replay_context_hash(replay: Replay) -> int:
+    """The record's :func:`user_context_hash`, computed once and kept in ``replay.context_hash``."""
+    if replay.context_hash is None:
+        replay.context_hash = user_context_hash(replay.batch)
+    return replay.context_hash
+
+
 def replay_shard(replay: Replay, shard_count: int) -> int:
     """The shard of a record: that of its original batch's user context."""
-    return shard_of(user_context_hash(replay.batch), shard_count)
+    return shard_of(replay_context_hash(replay), shard_count)
+
+
+def slice_count_for(replays: int, per_slice: int | None = None) -> int:
+    """Into how many slices the send task cuts a shard of ``replays`` records to coalesce it: one per
+    :data:`SLICE_REPLAYS` (at least 1)."""
+    return max(1, math.ceil(replays / (per_slice or SLICE_REPLAYS)))
+
+
+def slice_of(context_hash: int, shard_count: int, slice_count: int) -> int:
+    """The slice (0 .. slice_count - 1) of a record of a shard: from the hash bits above those that chose
+    the shard (``context_hash // shard_count``), so the slices of a shard are evenly filled."""
+    if slice_count < 1:
+        raise ValueError(f"slice_count must be at least 1, got {slice_count}")
+    return (context_hash // shard_count) % slice_count
 
 
 def ledger_part_may_hold(part_shards: int, part_index: int, reader_shards: int, reader_index: int) -> bool:

@@ -92,7 +92,9 @@ class Replay(Struct):
     ``batch`` is the original batch without its events (the selected ones, normalised, are in
     ``events``). ``trail`` keeps every (outcome, reason) of the parts dropped on the way, so the
     record's final outcome and the event-level counts can be told at the end whatever stage dropped
-    what. ``batches`` is filled by the transform stage.
+    what. ``batches`` is filled by the transform stage. ``context_hash`` is the hash of the original
+    batch's user context (:func:`.coalesce.user_context_hash`), set when the transform shards the record
+    and kept in the stage files, so that later stages can place a record without decoding it whole.
     """
 
     ref: RecordRef
@@ -103,6 +105,7 @@ class Replay(Struct):
     trail: list[tuple[str, str]] = field(default_factory=list)
     batches: list[ReplayBatch] = field(default_factory=list)
     route: str = ""  # the Events API connection its batches go to ("": the send task's default)
+    context_hash: int | None = None
 
     @property
     def empty(self) -> bool:
@@ -127,6 +130,7 @@ class Replay(Struct):
             "trail": [list(item) for item in self.trail],
             "batches": [batch.to_json() for batch in self.batches],
             "route": self.route,
+            "context_hash": self.context_hash,
         }
 
     @classmethod
@@ -140,6 +144,7 @@ class Replay(Struct):
             trail=[(item[0], item[1]) for item in value["trail"]],
             batches=[ReplayBatch.from_json(batch) for batch in value["batches"]],
             route=value.get("route", ""),
+            context_hash=value.get("context_hash"),
         )
 
 

@@ -30,6 +30,16 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Replay).decode
 
 
+class _Placement(msgspec.Struct):
+    """The field of a Replay frame that places it in a slice; decoding it skips the rest unbuilt (~1 µs
+    against ~6 µs for the whole record)."""
+
+    context_hash: int | None = None
+
+
+_decode_placement = msgspec.msgpack.Decoder(_Placement).decode
+
+
 class CorruptStageFile(ValueError):
     """A stage file that ends inside a frame or holds an unknown kind: written by no task of this version."""
 
@@ -45,6 +55,37 @@ def encode_replay(replay: Replay) -> bytes:
     except OverflowError:  # an integer msgpack cannot hold: JSON keeps it exactly
         body, kind = jsonio.dumps(replay.to_json()), _JSON
     return _HEADER.pack(kind, len(body)) + body
+
+
+def iter_frames(stream: BinaryIO, name: str = "stage file") -> Iterator[bytes]:
+    """The frames of a stream, whole (header and body) and undecoded: to copy them elsewhere as they are."""
+    read = stream.read
+    while True:
+        header = read(_HEADER.size)
+        if not header:
+            return
+        if len(header) < _HEADER.size:
+            raise CorruptStageFile(f"{name}: ends inside a frame header")
+        kind, length = _HEADER.unpack(header)
+        if kind not in (_MSGPACK, _JSON):
+            raise CorruptStageFile(f"{name}: unknown frame kind {kind!r}")
+        body = read(length)
+        if len(body) < length:
+            raise CorruptStageFile(f"{name}: ends inside a frame ({len(body)} of {length} bytes)")
+        yield header + body
+
+
+def decode_frame(frame: bytes) -> Replay:
+    """The replay of one whole frame (as :func:`iter_frames` yields it)."""
+    body = memoryview(frame)[_HEADER.size :]
+    return _decode(body) if frame[:1] == _MSGPACK else Replay.from_json(jsonio.loads(bytes(body)))
+
+
+def frame_context_hash(frame: bytes) -> int | None:
+    """The ``context_hash`` a frame's replay carries, without decoding the replay (None if it has none)."""
+    if frame[:1] == _MSGPACK:
+        return _decode_placement(memoryview(frame)[_HEADER.size :]).context_hash
+    return decode_frame(frame).context_hash
 
 
 def iter_replays(stream: BinaryIO, name: str = "stage file") -> Iterator[Replay]:

@@ -3,7 +3,11 @@ report on the run with links to the report and the dead letters."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -12,8 +16,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
+from mparticle_backfill import stage_codec
 from mparticle_backfill.accounting import Summary
-from mparticle_backfill.coalesce import CoalesceSettings, coalesce
+from mparticle_backfill.coalesce import (
+    CoalescedGroup,
+    CoalesceSettings,
+    coalesce,
+    replay_context_hash,
+    slice_count_for,
+    slice_of,
+)
 from mparticle_backfill.errors import CredentialsRefused, InvalidSettings, RequestRefused, TooManyRejections
 from mparticle_backfill.model import Replay
 from mparticle_backfill.send import (
@@ -27,6 +39,7 @@ from mparticle_backfill.send import (
 from mparticle_backfill.settings import StatePaths
 
 from . import tasks
+from .gc_policy import bulk_collection
 from .links import BackfillReportLink, DeadLettersLink, s3_browser_url
 
 if TYPE_CHECKING:  # the hooks (boto3, requests) are imported when a task runs, not when the DAG is parsed
@@ -118,6 +131,10 @@ class MParticleSendOperator(BaseOperator):
         self.heartbeat_seconds = heartbeat_seconds
 
     def execute(self, context: Context) -> dict[str, Any]:
+        with bulk_collection():  # send holds a slice of its shard: see gc_policy
+            return self._execute(context)
+
+    def _execute(self, context: Context) -> dict[str, Any]:
         chunk = self.chunk
         settings, paths = tasks.settings_of(chunk), tasks.paths_of(chunk)
         s3 = tasks.quarantine_s3(self.aws_conn_id)
@@ -134,22 +151,33 @@ class MParticleSendOperator(BaseOperator):
             # What earlier tries of this run had accepted (a forced run reads only its own parts).
             prefix = paths.ledger_run_prefix if settings.force else paths.ledger_prefix
             accepted = s3.read_ledger(bucket, prefix, shard=(index, shards))
-        # One pass over the stage file per route: each connection (input) has its own client, pacing,
-        # retries and credentials; a route that fails does not stop the others, and is reported at the end.
+        # Coalescing holds what it merges: a shard of many records is coalesced a slice (by user context) at a time.
+        slices = slice_count_for(int(chunk.get("replays") or 0)) if settings.coalesce else 1
+        if settings.coalesce:
+            summary.counts["shard_slices"] += slices
+        # One pass over the shard per route: each connection (input) has its own client, pacing, retries and
+        # credentials; a route that fails does not stop the others, and is reported at the end.
         routes = [""] + [
             connection for connection in settings.routing.connections if connection != self.mparticle_conn_id
         ]
         failures: dict[str, BaseException] = {}
-        with s3.stage_file(bucket, paths.dead_letters("send", index, "shard"), upload_empty=False) as dead:
+        with (
+            ShardSlices(s3, bucket, stage_file, shards, slices) as shard,
+            s3.stage_file(bucket, paths.dead_letters("send", index, "shard"), upload_empty=False) as dead,
+        ):
             for route in routes:
                 connection = route or self.mparticle_conn_id
-                replays: Iterable[Replay] = only_route(
-                    s3.read_replays(bucket, stage_file), route, self.mparticle_conn_id
-                )
                 tracker = SendTracker(summary, dead.write_dead_letter)
                 # Each user's batches merged into as few as the limits allow (off: one group per record). The
                 # same stage file always gives the same batches: a retry skips those an earlier try delivered.
-                groups = coalesce(replays, CoalesceSettings(settings.coalesce, salt), summary.counts)
+                groups: Iterable[CoalescedGroup] = itertools.chain.from_iterable(
+                    coalesce(
+                        only_route(replays, route, self.mparticle_conn_id),
+                        CoalesceSettings(settings.coalesce, salt),
+                        summary.counts,
+                    )
+                    for replays in shard.slices()
+                )
                 if not settings.dry_run:
                     groups = skip_delivered(groups, accepted, summary, salt)
                 requests_to_send = pack_groups(groups, tracker)
@@ -164,10 +192,11 @@ class MParticleSendOperator(BaseOperator):
                     failures[connection] = error
                     self.log.error("send shard %d: route %s stopped: %s", index + 1, connection, error)
         self.log.info(
-            "send shard %d/%d (try %d): %d replay batches coalesced into %d; %d requests, %d retries, %d throttled, "
+            "send shard %d/%d (try %d, %d replays in %d slices): %d replay batches coalesced into %d; %d requests, %d retries, %d throttled, "
             "%d batches accepted, %d rejected, %d skipped (accepted by an earlier try), %d replay keys added to "
             "the ledger%s\n%s",
-            index + 1, shards, try_number, summary.counts["batches_before_coalescing"],
+            index + 1, shards, try_number, int(chunk.get("replays") or 0), slices,
+            summary.counts["batches_before_coalescing"],
             summary.counts["batches_after_coalescing"], summary.counts["requests"], summary.counts["retries"],
             summary.counts["throttled"], summary.counts["batches_accepted"], summary.counts["batches_rejected"],
             summary.counts[f"batches_skipped:{ACCEPTED_BY_EARLIER_TRY}"], ledger.written,
@@ -246,6 +275,65 @@ class MParticleSendOperator(BaseOperator):
             ledger.flush()  # whatever happened, every key the API accepted reaches the ledger
         if tracker.waiting:
             raise RuntimeError(f"{tracker.waiting} records got no answer from the Events API ({connection})")
+
+
+class ShardSlices:
+    """A shard's replays, cut into ``slice_count`` slices by user context, for the send task to coalesce
+    one slice at a time (:data:`.coalesce.SLICE_REPLAYS`: coalescing holds what it merges).
+
+    One slice: the shard's stage file is read as it is, once per pass. Several: it is read once, and its
+    frames are copied undecoded (only their ``context_hash`` is read) into local zstd files, one per slice,
+    removed on close. The same stage file and slice count always give the same slices, so a retry
+    rebuilds the same merged batches.
+    """
+
+    def __init__(self, s3: QuarantineS3Hook, bucket: str, key: str, shard_count: int, slice_count: int) -> None:
+        self.s3, self.bucket, self.key = s3, bucket, key
+        self.shard_count, self.slice_count = shard_count, slice_count
+        self._directory: str | None = None
+
+    def __enter__(self) -> ShardSlices:
+        if self.slice_count > 1:
+            self._directory = tempfile.mkdtemp(prefix="mparticle-send-slices-")
+            self._spill()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+
+    def _path(self, index: int) -> str:
+        assert self._directory is not None
+        return os.path.join(self._directory, f"slice-{index:05d}{stage_codec.SUFFIX}")
+
+    def _spill(self) -> None:
+        import zstandard
+
+        with contextlib.ExitStack() as files:
+            writers = []
+            for index in range(self.slice_count):
+                local = files.enter_context(open(self._path(index), "wb"))
+                writers.append(files.enter_context(zstandard.ZstdCompressor(level=1).stream_writer(local)))
+            for frame in self.s3.read_frames(self.bucket, self.key):
+                context_hash = stage_codec.frame_context_hash(frame)
+                if context_hash is None:  # written by a version that did not keep it
+                    context_hash = replay_context_hash(stage_codec.decode_frame(frame))
+                writers[slice_of(context_hash, self.shard_count, self.slice_count)].write(frame)
+
+    def slices(self) -> Iterator[Iterable[Replay]]:
+        """Each slice's replays in turn (read lazily: one slice is decoded at a time)."""
+        if self._directory is None:
+            yield self.s3.read_replays(self.bucket, self.key)
+            return
+        for index in range(self.slice_count):
+            yield _read_local(self._path(index))
+
+
+def _read_local(path: str) -> Iterator[Replay]:
+    from .s3_hook import open_zstd
+
+    with open_zstd(open(path, "rb")) as reader:
+        yield from stage_codec.iter_replays(reader, path)
 
 
 def only_route(replays: Iterable[Replay], route: str, default: str) -> Iterator[Replay]:

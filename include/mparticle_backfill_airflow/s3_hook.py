@@ -67,11 +67,13 @@ class QuarantineS3Hook(S3Hook):
             for line in self.read_lines(bucket, key):
                 yield Replay.from_json(jsonio.loads(line))
             return
-        import zstandard
+        with open_zstd(self.object_stream(bucket, key)) as reader:
+            yield from stage_codec.iter_replays(reader, f"s3://{bucket}/{key}")
 
-        body = self.object_stream(bucket, key)
-        with zstandard.ZstdDecompressor().stream_reader(body, closefd=True) as reader:
-            yield from stage_codec.iter_replays(io.BufferedReader(reader, 1 << 20), f"s3://{bucket}/{key}")
+    def read_frames(self, bucket: str, key: str) -> Iterator[bytes]:
+        """The frames of a stage file (msgpack frames in zstd) undecoded, to copy them as they are."""
+        with open_zstd(self.object_stream(bucket, key)) as reader:
+            yield from stage_codec.iter_frames(reader, f"s3://{bucket}/{key}")
 
     def read_ledger(self, bucket: str, prefix: str, shard: tuple[int, int] | None = None) -> set[str]:
         """The replay keys the API accepted for a partition, from its ledger parts: all of them, or with
@@ -138,6 +140,15 @@ class QuarantineS3Hook(S3Hook):
     ) -> StageFileWriter:
         """A writer of NDJSON (replays, dead letters, payloads) uploaded to ``key`` when it closes."""
         return StageFileWriter(self, bucket, key, compress=compress, upload_empty=upload_empty)
+
+
+def open_zstd(stream: Any) -> io.BufferedReader:
+    """A buffered reader of a zstd stream (a stage file's body, or a local file), closing it when closed.
+    Reads across zstd frames (a file may be several, concatenated)."""
+    import zstandard
+
+    reader = zstandard.ZstdDecompressor().stream_reader(stream, closefd=True, read_across_frames=True)
+    return io.BufferedReader(reader, 1 << 20)
 
 
 def _status(error: ClientError) -> int:

@@ -38,6 +38,8 @@ from mparticle_backfill.settings import (
 )
 from mparticle_backfill.transform import KEEP, ROUTE_STAGE, transform_replays
 
+from .gc_policy import bulk_task
+
 if TYPE_CHECKING:  # imported when a task runs (boto3), not when the DAG file is parsed
     from .s3_hook import QuarantineS3Hook, StageFileWriter
 
@@ -256,6 +258,7 @@ def release_partition(chunks: Iterable[Mapping[str, Any]], s3: QuarantineS3Hook)
     return True
 
 
+@bulk_task
 def extract(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
     """Read the chunk's quarantine objects; keep what to replay; dead-letter bad lines."""
     heartbeat(chunk, s3)
@@ -273,6 +276,7 @@ def extract(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
     return _next(chunk, "extract", summary)
 
 
+@bulk_task
 def filter_by_age(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
     """Drop what is older than the replay window."""
     heartbeat(chunk, s3)
@@ -297,6 +301,7 @@ def request_id_salt(chunk: Mapping[str, Any]) -> str:
     return chunk["run_key"] if chunk["settings"].get("force") else ""
 
 
+@bulk_task
 def transform(
     chunk: Mapping[str, Any], s3: QuarantineS3Hook, partition: Iterable[Mapping[str, Any]] = ()
 ) -> dict[str, Any]:
@@ -419,6 +424,7 @@ def plan_shards(chunks: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+@bulk_task
 def dedupe_check(shard: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, Any]:
     """One shard: drop keys the ledger holds and batches seen twice. Reads only its shard's replays (of every
     transform chunk) and only the ledger parts that may hold its keys: memory follows the shard, not the
@@ -440,7 +446,8 @@ def dedupe_check(shard: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, An
         index + 1, shards, len(inputs), len(ledger), paths.day.isoformat(), settings.force,
         summary.render("dedupe_check"),
     )  # fmt: skip
-    return _next(shard, "dedupe_check", summary)
+    # How many replays the shard's send reads: it coalesces them one slice of SLICE_REPLAYS at a time.
+    return _next(shard, "dedupe_check", summary, replays=out.lines)
 
 
 def coalescing_of(total: Summary, enabled: bool) -> dict[str, Any]:

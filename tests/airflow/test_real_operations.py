@@ -4,6 +4,7 @@ chunks holding the same batch, the flat layout, and a replay window measured fro
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -25,9 +26,11 @@ def ledger_keys(s3) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.parametrize("coalesce", [False, True], ids=["one-batch-per-record", "coalesced"])
+@pytest.mark.parametrize(
+    ("coalesce", "users"), [(False, 1), (True, 1), (True, 25)], ids=["one-batch-per-record", "coalesced", "in-slices"]
+)
 def test_a_send_that_fails_half_way_is_retried_by_airflow_and_sends_only_the_rest(
-    airflow_db, s3, connections, monkeypatch, coalesce
+    airflow_db, s3, connections, monkeypatch, coalesce, users
 ):
     emulator = connections
     host, port = emulator.url.removeprefix("http://").split(":")
@@ -40,6 +43,10 @@ def test_a_send_that_fails_half_way_is_retried_by_airflow_and_sends_only_the_res
         }),
     )  # fmt: skip
     records = [record(8000 + n) for n in range(250)]
+    if users > 1:  # 25 users; send coalesces its shard in slices of 40 records (7 slices), each user in one
+        monkeypatch.setattr("mparticle_backfill.coalesce.SLICE_REPLAYS", 40)
+        for n, data in enumerate(records):
+            data["mpid"] = str(4_000_000 + n % users)
     if coalesce:  # one user's 250 batches merge into a few of up to 128 KB: make them fill several requests
         for data in records:
             for event in data["events"]:
@@ -75,7 +82,13 @@ def test_a_send_that_fails_half_way_is_retried_by_airflow_and_sends_only_the_res
         assert counts["batches_accepted"] == 150
     else:  # merged: far fewer batches than records; the retry skipped what try 1's merged batches delivered
         assert counts["batches_skipped:accepted_by_earlier_try"] > 0
-        assert counts["batches_after_coalescing"] < counts["batches_before_coalescing"] / 10
+        assert counts["batches_after_coalescing"] <= counts["batches_before_coalescing"] / 10
+        # Each try cut the shard into the same slices (250 replays, 40 a slice) and built the same batches.
+        assert counts["shard_slices"] == (7 if users > 1 else 1)
+        batch_ids = [batch["source_request_id"] for batch in emulator.state.batches]
+        assert len(batch_ids) == len(set(batch_ids))
+        per_user = Counter(batch.get("mpid") for batch in emulator.state.batches)
+        assert len(per_user) == users
 
 
 def test_several_chunks_with_the_same_batch_in_two_of_them(airflow_db, s3, connections):

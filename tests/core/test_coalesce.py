@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from mparticle_backfill import jsonio, limits
 from mparticle_backfill.accounting import Summary
 from mparticle_backfill.coalesce import (
+    SLICE_REPLAYS,
     CoalescedBatch,
     CoalescedGroup,
     CoalesceSettings,
@@ -24,9 +25,12 @@ from mparticle_backfill.coalesce import (
     coalesce,
     ledger_part_may_hold,
     member_payload,
+    replay_context_hash,
     replay_shard,
     shard_count_for,
     shard_of,
+    slice_count_for,
+    slice_of,
     user_context_hash,
 )
 from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_replays
@@ -280,6 +284,56 @@ def test_ledger_part_may_hold_refuses_indexes_out_of_range(arguments):
 
 def test_one_shard_per_chunk_within_airflows_map_limit():
     assert [shard_count_for(chunks) for chunks in (0, 1, 37, 1024, 5000)] == [1, 1, 37, 1024, 1024]
+
+
+def test_slices_hold_about_slice_replays_and_a_count_below_one_is_refused():
+    assert [slice_count_for(n) for n in (0, 1, SLICE_REPLAYS, SLICE_REPLAYS + 1, 10 * SLICE_REPLAYS)] == [
+        1,
+        1,
+        1,
+        2,
+        10,
+    ]
+    assert slice_count_for(7, per_slice=3) == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        slice_of(12345, 4, 0)
+
+
+def test_the_records_of_one_shard_spread_over_every_slice():
+    """Slices use the hash bits above the shard's: within one shard they are still evenly filled."""
+    rng = random.Random(7)
+    hashes = [rng.getrandbits(64) for _ in range(20_000)]
+    for shards in (1, 4, 16):
+        in_shard = [h for h in hashes if shard_of(h, shards) == 0]
+        filled = Counter(slice_of(h, shards, 8) for h in in_shard)
+        assert set(filled) == set(range(8))
+        assert max(filled.values()) < 1.3 * len(in_shard) / 8
+
+
+def test_coalescing_slice_by_slice_builds_exactly_the_batches_of_the_whole_shard():
+    """A user's records are all in one slice: slicing changes memory, never the batches sent."""
+    records = [
+        upload(device(user, kind), minute, 2, number=n)
+        for user in range(12)
+        for kind in (WEB, IOS)
+        for n, minute in enumerate((5, 30, 31, 400))
+    ]
+    whole, whole_counts = run(replays_of(*records))
+    sliced_counts: Counter[str] = Counter()
+    sliced: list[CoalescedGroup] = []
+    slices = 3
+    replays = replays_of(*records)
+    for index in range(slices):
+        part = [r for r in replays if slice_of(replay_context_hash(r), 1, slices) == index]
+        assert part  # 24 devices over 3 slices
+        sliced += coalesce(part, CoalesceSettings(), sliced_counts)
+
+    def batches(groups: list[CoalescedGroup]) -> set[tuple[str, bytes]]:
+        return {(batch.payload["source_request_id"], batch.body) for batch in sent_batches(groups)}
+
+    assert batches(sliced) == batches(whole)
+    assert len(sent_batches(whole)) == 24  # one per device: every upload of a device merged
+    assert sliced_counts == whole_counts
 
 
 # --- Merging --------------------------------------------------------------------------------------------

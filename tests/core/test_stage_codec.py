@@ -44,3 +44,26 @@ def test_several_frames_in_order_and_a_cut_file_is_refused(real_record):
         list(iter_replays(io.BytesIO(data[:-5]), "s3://b/k"))
     with pytest.raises(CorruptStageFile, match="unknown frame kind"):
         list(iter_replays(io.BytesIO(b"X" + data[1:])))
+
+
+def test_frames_are_copied_whole_and_tell_their_context_hash_without_decoding(real_record):
+    from mparticle_backfill.coalesce import replay_context_hash, user_context_hash
+    from mparticle_backfill.stage_codec import decode_frame, frame_context_hash, iter_frames
+
+    kept, _, _ = replay_of(real_record)
+    expected = replay_context_hash(kept)  # the transform's sharding computes and keeps it
+    assert kept.context_hash == expected == user_context_hash(kept.batch)
+    older, _, _ = replay_of(real_record)  # a replay of a version that did not keep it
+    big, _, _ = replay_of(real_record)
+    big.batch["custom_big"] = 2**70  # a JSON frame
+    replay_context_hash(big)
+    data = b"".join(encode_replay(replay) for replay in (kept, older, big))
+    frames = list(iter_frames(io.BytesIO(data)))
+    assert b"".join(frames) == data  # undecoded, header and body
+    assert [frame_context_hash(frame) for frame in frames] == [expected, None, big.context_hash]
+    assert decode_frame(frames[0]).to_json() == kept.to_json()
+    assert decode_frame(frames[2]).batch["custom_big"] == 2**70
+    with pytest.raises(CorruptStageFile, match="ends inside a frame"):
+        list(iter_frames(io.BytesIO(data[:-1])))
+    with pytest.raises(CorruptStageFile, match="unknown frame kind"):
+        list(iter_frames(io.BytesIO(b"Z" + data[1:])))
