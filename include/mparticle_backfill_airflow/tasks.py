@@ -7,7 +7,6 @@ state location, the chunk's object keys and the stage's counts. Data never trave
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -41,7 +40,7 @@ from mparticle_backfill.transform import KEEP, ROUTE_STAGE, transform_replays
 from .gc_policy import bulk_task
 
 if TYPE_CHECKING:  # imported when a task runs (boto3), not when the DAG file is parsed
-    from .s3_hook import QuarantineS3Hook, StageFileWriter
+    from .s3_hook import QuarantineS3Hook
 
 log = logging.getLogger(__name__)
 HELD_STAGES = (plan_gate.STAGE, ROUTE_STAGE)  # what is set aside to be sent later, not dead-lettered
@@ -319,24 +318,19 @@ def transform(
     replays = s3.read_replays(bucket, paths.stage_output("filter_by_age", chunk["chunk"]))
     shards = shard_count(chunk)
     with (
-        contextlib.ExitStack() as outputs,
+        # Each replay goes to the shard of its user context: that shard's dedupe_check and send read it.
+        # A file per shard with replays in it; memory bounded however many shards the chunk reaches.
+        s3.shard_stage_files(bucket, lambda shard: paths.transform_output(chunk["chunk"], shard)) as out,
         s3.stage_file(bucket, paths.dead_letters("transform", chunk["chunk"]), upload_empty=False) as dead,
         s3.stage_file(bucket, paths.held(chunk["chunk"]), upload_empty=False) as held,
     ):
-        # Each replay goes to the shard of its user context: that shard's dedupe_check and send read it.
-        # A file per shard with replays in it, opened as the first one arrives (most chunks reach few shards).
-        out: dict[int, StageFileWriter] = {}
 
         def set_aside(letter: DeadLetter) -> None:
             (held if letter.stage in HELD_STAGES else dead).write_dead_letter(letter)
 
         transform_settings = settings.transform_settings(request_id_salt(chunk), gate)
         for replay in transform_replays(replays, transform_settings, summary, set_aside):
-            shard = replay_shard(replay, shards)
-            if shard not in out:
-                key = paths.transform_output(chunk["chunk"], shard)
-                out[shard] = outputs.enter_context(s3.stage_file(bucket, key, compress=True, upload_empty=False))
-            out[shard].write_replay(replay)
+            out.write_replay(replay_shard(replay, shards), replay)
     log.info(
         "transform chunk %d/%d: replays to %d of %d shards%s\n%s", chunk["chunk"] + 1, chunk["chunks"], len(out),
         shards, f" (plan check: {gate.mode}, blocking {gate.blocking.as_dict()})" if gate else "",
