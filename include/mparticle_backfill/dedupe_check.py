@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from . import jsonio
+from . import jsonio, stage_codec
 from .accounting import Step, Summary, advance
 from .model import ALREADY_REPLAYED, Replay, ReplayBatch
 from .transform import source_request_id
@@ -32,6 +32,17 @@ class DedupeCheck:
         self.ledger = frozenset(() if force else ledger_keys)
         self.request_id_salt = request_id_salt
         self._seen_batches: set[str] = set()
+
+    def keeps_whole(self, identity: str, batch_keys: list[tuple[str, ...]]) -> bool:
+        """Whether :meth:`check` would keep a record with these batches (replay keys) as it is; if so the
+        record counts as seen, as :meth:`check` would count it. Nothing changes when it would not."""
+        if not batch_keys or identity in self._seen_batches:
+            return False
+        ledger = self.ledger
+        if ledger and any(key in ledger for keys in batch_keys for key in keys):
+            return False
+        self._seen_batches.add(identity)
+        return True
 
     def check(self, replay: Replay, counts: Counter[str]) -> Replay:
         """Keep only the batches (and parts of batches) of ``replay`` not replayed before."""
@@ -88,3 +99,16 @@ def dedupe_step(check: DedupeCheck, summary: Summary) -> Step:
 def dedupe_replays(replays: Iterable[Replay], check: DedupeCheck, summary: Summary) -> Iterator[Replay]:
     """The dedupe_check stage: drop what was replayed before; records with nothing left end here."""
     return advance(replays, (dedupe_step(check, summary),), summary)
+
+
+def dedupe_frames(frames: Iterable[bytes], check: DedupeCheck, summary: Summary) -> Iterator[bytes]:
+    """:func:`dedupe_replays` on stage-file frames (:mod:`.stage_codec`), with the same outcome and
+    counts: a record kept whole (most are) passes on as its frame, undecoded but for its identity and
+    replay keys; the others are decoded, checked and encoded again."""
+    for frame in frames:
+        keys = stage_codec.frame_keys(frame)
+        if keys is not None and check.keeps_whole(*keys):
+            yield frame
+            continue
+        for replay in dedupe_replays((stage_codec.decode_frame(frame),), check, summary):
+            yield stage_codec.encode_replay(replay)

@@ -40,6 +40,20 @@ class _Placement(msgspec.Struct):
 _decode_placement = msgspec.msgpack.Decoder(_Placement).decode
 
 
+class _BatchKeys(msgspec.Struct):
+    replay_keys: tuple[str, ...]
+
+
+class _Keys(msgspec.Struct):
+    """What the dedupe check needs of a Replay frame: its identity and its batches' replay keys."""
+
+    identity: str
+    batches: list[_BatchKeys] = []
+
+
+_decode_keys = msgspec.msgpack.Decoder(_Keys).decode
+
+
 class CorruptStageFile(ValueError):
     """A stage file that ends inside a frame or holds an unknown kind: written by no task of this version."""
 
@@ -86,6 +100,15 @@ def frame_context_hash(frame: bytes) -> int | None:
     if frame[:1] == _MSGPACK:
         return _decode_placement(memoryview(frame)[_HEADER.size :]).context_hash
     return decode_frame(frame).context_hash
+
+
+def frame_keys(frame: bytes) -> tuple[str, list[tuple[str, ...]]] | None:
+    """A frame's replay identity and the replay keys of each of its batches, without decoding the rest of
+    the replay; None for a JSON frame (decode it whole)."""
+    if frame[:1] != _MSGPACK:
+        return None
+    keys = _decode_keys(memoryview(frame)[_HEADER.size :])
+    return keys.identity, [batch.replay_keys for batch in keys.batches]
 
 
 def iter_replays(stream: BinaryIO, name: str = "stage file") -> Iterator[Replay]:

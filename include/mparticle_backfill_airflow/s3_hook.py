@@ -72,7 +72,12 @@ class QuarantineS3Hook(S3Hook):
             yield from stage_codec.iter_replays(reader, f"s3://{bucket}/{key}")
 
     def read_frames(self, bucket: str, key: str) -> Iterator[bytes]:
-        """The frames of a stage file (msgpack frames in zstd) undecoded, to copy them as they are."""
+        """The frames of a stage file (msgpack frames in zstd) undecoded, to copy them as they are (a gzip
+        NDJSON file of an older version: its replays encoded as frames)."""
+        if not key.endswith(stage_codec.SUFFIX):
+            for replay in self.read_replays(bucket, key):
+                yield stage_codec.encode_replay(replay)
+            return
         with open_zstd(self.object_stream(bucket, key)) as reader:
             yield from stage_codec.iter_frames(reader, f"s3://{bucket}/{key}")
 
@@ -182,6 +187,13 @@ class StageFileWriter:
 
     def write(self, value: Any) -> None:
         self._file.write(jsonio.dumps(value) + b"\n")
+        self.lines += 1
+
+    def write_frame(self, frame: bytes) -> None:
+        """A replay already encoded (:mod:`stage_codec`), copied as it is to a stage file of replays."""
+        if not self.frames:
+            raise ValueError(f"{self.key}: not a stage file of frames")
+        self._file.write(frame)
         self.lines += 1
 
     def write_replay(self, replay: Replay) -> None:

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from mparticle_backfill import jsonio, partition_lock, plan_gate
 from mparticle_backfill.accounting import Summary, merge_all
 from mparticle_backfill.coalesce import replay_shard, shard_count_for
-from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_replays
+from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_frames
 from mparticle_backfill.errors import InvalidSettings
 from mparticle_backfill.extract import extract_records
 from mparticle_backfill.filter_by_age import filter_replays
@@ -433,8 +433,8 @@ def dedupe_check(shard: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, An
     summary = Summary()
     with s3.stage_file(bucket, paths.shard_output("dedupe_check", index), compress=True) as out:
         for key in inputs:
-            for replay in dedupe_replays(s3.read_replays(bucket, key), check, summary):
-                out.write_replay(replay)
+            for frame in dedupe_frames(s3.read_frames(bucket, key), check, summary):
+                out.write_frame(frame)
     log.info(
         "dedupe_check shard %d/%d: %d transform files, %d replay keys in its part of the ledger of %s (force=%s)\n%s",
         index + 1, shards, len(inputs), len(ledger), paths.day.isoformat(), settings.force,

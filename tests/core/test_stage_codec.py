@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -67,3 +68,40 @@ def test_frames_are_copied_whole_and_tell_their_context_hash_without_decoding(re
         list(iter_frames(io.BytesIO(data[:-1])))
     with pytest.raises(CorruptStageFile, match="unknown frame kind"):
         list(iter_frames(io.BytesIO(b"Z" + data[1:])))
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["ledger", "force"])
+def test_dedupe_on_frames_keeps_and_counts_exactly_what_dedupe_on_replays_does(real_record, force):
+    from mparticle_backfill.accounting import Summary
+    from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_frames, dedupe_replays
+    from mparticle_backfill.stage_codec import decode_frame, frame_keys
+
+    def replays():
+        # Batch ids: 1-5 once, 6 three times (copies in the partition), 7 with one key in the ledger, 8 with
+        # all of them, 9 as a JSON frame (an integer beyond 64 bits), 10 with no batch left.
+        out = []
+        for batch_id in (1, 2, 6, 3, 7, 6, 4, 8, 5, 9, 10, 6):
+            record = copy.deepcopy(real_record)
+            record["batch_id"] = batch_id
+            replay, _, _ = replay_of(record)
+            if batch_id == 9:
+                replay.batch["custom_big"] = 2**70
+            if batch_id == 10:
+                replay.batches = []
+            out.append(replay)
+        return out
+
+    ledger = {"7:-7778608565459706417", *replays()[7].batches[0].replay_keys}
+    expected_summary, summary = Summary(), Summary()
+    expected = [r.to_json() for r in dedupe_replays(replays(), DedupeCheck(ledger, force=force), expected_summary)]
+    frames = [encode_replay(replay) for replay in replays()]
+    assert frame_keys(frames[0]) == ("1", [replays()[0].batches[0].replay_keys])
+    assert frame_keys(frames[9]) is None  # a JSON frame is decoded whole
+    out = list(dedupe_frames(frames, DedupeCheck(ledger, force=force), summary))
+    assert [decode_frame(frame).to_json() for frame in out] == expected
+    assert summary.to_json() == expected_summary.to_json()
+    # Dropped: 6's two copies and 10 (nothing left to send); without force, 8 (all in the ledger) too.
+    assert len(out) == (9 if force else 8)
+    # Passed on as they were read (the same objects): all but the JSON frame and, without force, 7 (rebuilt).
+    passed_whole = sum(any(frame is read for read in frames) for frame in out)
+    assert passed_whole == len(out) - (1 if force else 2)
