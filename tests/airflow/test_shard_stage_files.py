@@ -63,11 +63,10 @@ def test_many_shards_with_small_buffers_come_back_whole_in_order(store, real_rec
 
 def test_a_failed_stage_uploads_nothing_and_leaves_no_local_file(store, real_record):
     before = set(leftovers())
-    with pytest.raises(RuntimeError, match="transform failed"):
-        with store.shard_stage_files(BUCKET, key_of) as out:
-            for n, replay in enumerate(replays(real_record, 5)):
-                out.write_replay(n, replay)
-            out._flush(0)  # something reached the local file before the failure
-            raise RuntimeError("transform failed")
+    with pytest.raises(RuntimeError, match="transform failed"), store.shard_stage_files(BUCKET, key_of) as out:
+        for n, replay in enumerate(replays(real_record, 5)):
+            out.write_replay(n, replay)
+        out._flush(0)  # something reached the local file before the failure
+        raise RuntimeError("transform failed")
     assert store.list_keys(bucket_name=BUCKET, prefix="state/") == []
     assert set(leftovers()) == before
