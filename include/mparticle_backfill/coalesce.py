@@ -67,7 +67,10 @@ from .values import exact_int
 MAX_MAPPED_TASKS = 1024
 # The send task coalesces a shard one slice of about this many records at a time (its memory follows the
 # slice: ~10 KB per decoded record); a shard's records are cut into slices by user context, like shards.
-SLICE_REPLAYS = 10_000
+# bench/bench_worker.py, 200,000 records, shards of ~48,000: a send task process peaks at 308-322 MB with
+# 5,000 (336-340 MB with 10,000; ~175 MB of it is Airflow and the imports, as in every task process), at
+# the same CPU per record; smaller slices cost only more local slice files.
+SLICE_REPLAYS = 5_000
 # Batch-level fields of the ORIGINAL quarantine batch that say who and where (the user context).
 USER_CONTEXT_FIELDS = (
     "mpid",
