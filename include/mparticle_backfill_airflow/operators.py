@@ -3,11 +3,7 @@ report on the run with links to the report and the dead letters."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -44,7 +40,7 @@ from .links import BackfillReportLink, DeadLettersLink, s3_browser_url
 
 if TYPE_CHECKING:  # the hooks (boto3, requests) are imported when a task runs, not when the DAG is parsed
     from .events_api_client import RequestResult
-    from .s3_hook import QuarantineS3Hook
+    from .s3_hook import LocalFrameFiles, QuarantineS3Hook
 
 S3_CONN_ID = tasks.S3_CONN_ID
 EVENTS_API_CONN_ID = "mparticle_events_api"
@@ -290,43 +286,42 @@ class ShardSlices:
     def __init__(self, s3: QuarantineS3Hook, bucket: str, key: str, shard_count: int, slice_count: int) -> None:
         self.s3, self.bucket, self.key = s3, bucket, key
         self.shard_count, self.slice_count = shard_count, slice_count
-        self._directory: str | None = None
+        self._files: LocalFrameFiles | None = None
 
     def __enter__(self) -> ShardSlices:
         if self.slice_count > 1:
-            self._directory = tempfile.mkdtemp(prefix="mparticle-send-slices-")
-            self._spill()
+            from .s3_hook import LocalFrameFiles  # not at import: parsing the DAG imports no boto3
+
+            self._files = LocalFrameFiles(prefix="mparticle-send-slices-")
+            try:
+                self._spill(self._files)
+            except BaseException:
+                self._files.remove()
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._directory is not None:
-            shutil.rmtree(self._directory, ignore_errors=True)
+        if self._files is not None:
+            self._files.remove()
 
-    def _path(self, index: int) -> str:
-        assert self._directory is not None
-        return os.path.join(self._directory, f"slice-{index:05d}{stage_codec.SUFFIX}")
-
-    def _spill(self) -> None:
-        import zstandard
-
-        with contextlib.ExitStack() as files:
-            writers = []
-            for index in range(self.slice_count):
-                local = files.enter_context(open(self._path(index), "wb"))
-                writers.append(files.enter_context(zstandard.ZstdCompressor(level=1).stream_writer(local)))
-            for frame in self.s3.read_frames(self.bucket, self.key):
-                context_hash = stage_codec.frame_context_hash(frame)
-                if context_hash is None:  # written by a version that did not keep it
-                    context_hash = replay_context_hash(stage_codec.decode_frame(frame))
-                writers[slice_of(context_hash, self.shard_count, self.slice_count)].write(frame)
+    def _spill(self, files: LocalFrameFiles) -> None:
+        # Bounded buffers and one compressor (LocalFrameFiles), not a zstd writer and an open file per slice.
+        for frame in self.s3.read_frames(self.bucket, self.key):
+            context_hash = stage_codec.frame_context_hash(frame)
+            if context_hash is None:  # written by a version that did not keep it
+                context_hash = replay_context_hash(stage_codec.decode_frame(frame))
+            files.write_frame(slice_of(context_hash, self.shard_count, self.slice_count), frame)
+        files.flush()
 
     def slices(self) -> Iterator[Iterable[Replay]]:
-        """Each slice's replays in turn (read lazily: one slice is decoded at a time)."""
-        if self._directory is None:
+        """Each slice's replays in turn (read lazily: one slice is decoded at a time); an empty slice is
+        skipped."""
+        if self._files is None:
             yield self.s3.read_replays(self.bucket, self.key)
             return
         for index in range(self.slice_count):
-            yield _read_local(self._path(index))
+            if self._files.lines.get(index):
+                yield _read_local(self._files.path(index))
 
 
 def _read_local(path: str) -> Iterator[Replay]:

@@ -1,4 +1,5 @@
-"""Stage files by shard against S3 (moto over HTTP): buffered, flushed as zstd frames, read back whole."""
+"""QuarantineS3Hook against S3 (moto over HTTP): stage files by shard and send's slices (buffered, flushed as zstd
+frames, read back whole), and its client's user agent."""
 
 from __future__ import annotations
 
@@ -70,3 +71,64 @@ def test_a_failed_stage_uploads_nothing_and_leaves_no_local_file(store, real_rec
         raise RuntimeError("transform failed")
     assert store.list_keys(bucket_name=BUCKET, prefix="state/") == []
     assert set(leftovers()) == before
+
+
+def slice_leftovers() -> list[str]:
+    return glob.glob(os.path.join(tempfile.gettempdir(), "mparticle-send-slices-*"))
+
+
+def test_send_cuts_a_shard_into_slices_by_user_context_in_bounded_buffers(store, real_record, monkeypatch):
+    """ShardSlices (send): every replay of the shard in exactly one slice, the one its context hash names,
+    in the shard's order; only slices with replays are read; the local files go with the context."""
+    from mparticle_backfill.coalesce import slice_of
+    from mparticle_backfill_airflow.operators import ShardSlices
+    from mparticle_backfill_airflow.s3_hook import LocalFrameFiles
+
+    monkeypatch.setattr(LocalFrameFiles, "FRAME_BYTES", 12_000)
+    monkeypatch.setattr(LocalFrameFiles, "BUFFER_BYTES", 30_000)
+    shards, shard, slice_count = 8, 3, 16
+    written = []
+    with store.shard_stage_files(BUCKET, key_of) as out:
+        for n, replay in enumerate(replays(real_record, 300)):
+            replay.context_hash = shard + shards * ((n * 7) % 11)  # 11 user contexts, all in shard 3
+            out.write_replay(shard, replay)
+            written.append((replay.identity, replay.context_hash))
+    before = set(slice_leftovers())
+    expected: dict[int, list[str]] = {}
+    for identity, context_hash in written:
+        expected.setdefault(slice_of(context_hash, shards, slice_count), []).append(identity)
+    assert 1 < len(expected) < slice_count  # some slices are empty
+    with ShardSlices(store, BUCKET, key_of(shard), shards, slice_count) as cut:
+        assert len(set(slice_leftovers()) - before) == 1
+        got = [[replay.identity for replay in replays_of_slice] for replays_of_slice in cut.slices()]
+    assert got == [expected[index] for index in sorted(expected)]
+    assert set(slice_leftovers()) == before
+
+
+def test_a_shard_that_cannot_be_read_leaves_no_slice_files(store):
+    from botocore.exceptions import ClientError
+
+    from mparticle_backfill_airflow.operators import ShardSlices
+
+    before = set(slice_leftovers())
+    with pytest.raises(ClientError), ShardSlices(store, BUCKET, key_of(99), 8, 4):
+        pass
+    assert set(slice_leftovers()) == before
+
+
+def test_the_client_user_agent_names_the_calling_operator_without_inspect_stack(store, monkeypatch):
+    """QuarantineS3Hook finds the user agent's caller by walking frames, not with inspect.stack()."""
+    import inspect
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("inspect.stack() reads the source of every frame: too slow for every task")
+
+    monkeypatch.setattr(inspect, "stack", no_stack)
+
+    class SomeOperator:
+        def execute(self):
+            return store._get_config().user_agent_extra
+
+    agent = SomeOperator().execute()
+    assert "Caller/SomeOperator" in agent.split()
+    assert "Caller/Unknown" in store._get_config().user_agent_extra.split()
