@@ -278,8 +278,8 @@ class ShardSlices:
     one slice at a time (:data:`.coalesce.SLICE_REPLAYS`: coalescing holds what it merges).
 
     One slice: the shard's stage file is read as it is, once per pass. Several: it is read once, and its
-    frames are copied undecoded (only their ``context_hash`` is read) into local zstd files, one per slice,
-    removed on close. The same stage file and slice count always give the same slices, so a retry
+    frames are copied undecoded (only their ``context_hash`` is read) into local zstd files, one per slice
+    that has replays (:class:`.s3_hook.LocalFrameFiles`), removed on close. The same stage file and slice count always give the same slices, so a retry
     rebuilds the same merged batches.
     """
 

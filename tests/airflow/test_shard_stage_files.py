@@ -101,6 +101,7 @@ def test_send_cuts_a_shard_into_slices_by_user_context_in_bounded_buffers(store,
     with ShardSlices(store, BUCKET, key_of(shard), shards, slice_count) as cut:
         assert len(set(slice_leftovers()) - before) == 1
         got = [[replay.identity for replay in replays_of_slice] for replays_of_slice in cut.slices()]
+        assert max(cut._files.frames.values()) > 1  # slices flushed several times: the buffers are bounded
     assert got == [expected[index] for index in sorted(expected)]
     assert set(slice_leftovers()) == before
 
