@@ -12,6 +12,7 @@ supervisor). A listener plugin (added to a copy of the plugins folder) measures 
   ``_success``). Airflow's own processes (api-server, scheduler with its executor workers, which
   supervise the task processes, dag-processor) are measured from ``/proc`` (each process and its reaped
   children), apart.
+  The probe's sampler thread (below) measures its own CPU, which is taken out of both.
 - **Memory**: the task process's peak RSS (``VmHWM``, reset at ``running``; it includes the pages the
   process shares with the supervisor it was forked from: Airflow's and the interpreter's), its RSS at
   ``running``, and, sampled every 100 ms, its private memory (``Private_Clean + Private_Dirty`` of
@@ -88,10 +89,14 @@ class TaskProbe:
         self.stop = threading.Event()
 
     def _sample(self, current, stop):
+        # Reading smaps_rollup costs a few ms in a large process: the sampler's own CPU is kept apart and
+        # taken out of the task's (~0.5 s of a 20 s send task otherwise).
         while not stop.wait(0.1):
+            started = time.thread_time()
             private, pss = _rollup()
             current["peak_private_kb"] = max(current["peak_private_kb"], private)
             current["peak_pss_kb"] = max(current["peak_pss_kb"], pss)
+            current["probe_cpu"] += time.thread_time() - started
 
     @hookimpl
     def on_task_instance_running(self, previous_state, task_instance):
@@ -106,7 +111,7 @@ class TaskProbe:
             "run_id": getattr(task_instance, "run_id", None),
             "pid": os.getpid(), "start_rss_kb": _status("VmRSS"), "start_private_kb": private,
             "peak_private_kb": private, "peak_pss_kb": pss, "cpu_at_running": _cpu(),
-            "wall_start": time.time(),
+            "wall_start": time.time(), "probe_cpu": 0.0,
         }
         self.stop = threading.Event()
         threading.Thread(target=self._sample, args=(current, self.stop), daemon=True).start()
@@ -117,7 +122,7 @@ class TaskProbe:
             return
         self.stop.set()
         private, pss = _rollup()
-        cpu = _cpu()
+        cpu = _cpu() - current["probe_cpu"]
         current.update(
             state=state, cpu_process=cpu, cpu_body=cpu - current["cpu_at_running"],
             wall=time.time() - current.pop("wall_start"), hwm_kb=_status("VmHWM"), end_rss_kb=_status("VmRSS"),
