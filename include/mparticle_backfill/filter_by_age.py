@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from . import stage_codec
 from .accounting import Step, Summary, advance
 from .errors import InvalidSettings
 from .model import TOO_OLD, Replay
@@ -99,3 +100,33 @@ def age_step(cutoff_ms: int, summary: Summary) -> Step:
 def filter_replays(replays: Iterable[Replay], cutoff_ms: int, summary: Summary) -> Iterator[Replay]:
     """The filter_by_age stage: drop what is older than the window; records with nothing left end here."""
     return advance(replays, (age_step(cutoff_ms, summary),), summary)
+
+
+def keeps_whole(batch_ts: object, event_times: list[object], has_attributes: bool, cutoff_ms: int) -> bool:
+    """Whether :func:`filter_by_age` would keep a record exactly as it is: every event stamped (an int)
+    inside the window, and its user attributes (if any) too. Nothing to count, nothing to rewrite."""
+    if not event_times and not has_attributes:
+        return False  # nothing to replay: the record ends here, counted by the stage
+    for ts in event_times:
+        if type(ts) is not int or ts < cutoff_ms:
+            return False
+    if has_attributes:
+        attributes_ts = exact_int(batch_ts)
+        if attributes_ts is None:
+            attributes_ts = max(event_times) if event_times else None  # type: ignore[type-var]
+        if attributes_ts is None or attributes_ts < cutoff_ms:
+            return False
+    return True
+
+
+def filter_frames(frames: Iterable[bytes], cutoff_ms: int, summary: Summary) -> Iterator[bytes]:
+    """:func:`filter_replays` on stage-file frames (:mod:`.stage_codec`), with the same outcome and counts:
+    a record kept whole (in a backfill within the window, nearly all) passes on as its frame, undecoded but
+    for its times; the others are decoded, filtered and encoded again."""
+    for frame in frames:
+        ages = stage_codec.frame_ages(frame)
+        if ages is not None and keeps_whole(*ages, cutoff_ms):
+            yield frame
+            continue
+        for replay in filter_replays((stage_codec.decode_frame(frame),), cutoff_ms, summary):
+            yield stage_codec.encode_replay(replay)

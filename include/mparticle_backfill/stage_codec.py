@@ -15,13 +15,13 @@ reader re-encodes it when it is needed, as the JSON path always did).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import msgspec
 
 from . import jsonio
-from .model import Replay
+from .model import RecordRef, Replay, ReplayBatch
 
 SUFFIX = ".msgpack.zst"
 _HEADER = struct.Struct(">cI")
@@ -52,6 +52,54 @@ class _Keys(msgspec.Struct):
 
 
 _decode_keys = msgspec.msgpack.Decoder(_Keys).decode
+
+
+class _Received(msgspec.Struct):
+    """What the send stage reads of a record's original batch: when mParticle received it (coalescing's
+    "latest original batch wins"). Decoding skips the rest unbuilt."""
+
+    timestamp_unixtime_ms: Any = None
+
+
+class _SendReplay(msgspec.Struct):
+    """A Replay frame as the send stage reads it: every field it uses, the original batch reduced to
+    :class:`_Received` (the selected events and user attributes are empty after the transform)."""
+
+    ref: RecordRef
+    identity: str
+    batch: _Received
+    events: list[msgspec.Raw] = []  # empty after the transform; if not, the frame is decoded whole
+    user_attributes: dict[str, msgspec.Raw] = {}
+    trail: list[tuple[str, str]] = []
+    batches: list[ReplayBatch] = []
+    route: str = ""
+    context_hash: int | None = None
+
+
+_decode_for_send = msgspec.msgpack.Decoder(_SendReplay).decode
+
+
+class _Time(msgspec.Struct):
+    timestamp_unixtime_ms: Any = None
+
+
+class _EventTime(msgspec.Struct):
+    data: _Time | None = None  # an event whose data is not a map fails to decode: it is decoded whole
+
+
+class _SelectedTime(msgspec.Struct):
+    event: _EventTime
+
+
+class _Ages(msgspec.Struct):
+    """What the age filter reads of a Replay frame: the times of its events and of its original batch."""
+
+    batch: _Received
+    events: list[_SelectedTime] = []
+    user_attributes: dict[str, msgspec.Raw] = {}
+
+
+_decode_ages = msgspec.msgpack.Decoder(_Ages).decode
 
 
 class CorruptStageFile(ValueError):
@@ -111,8 +159,52 @@ def frame_keys(frame: bytes) -> tuple[str, list[tuple[str, ...]]] | None:
     return keys.identity, [batch.replay_keys for batch in keys.batches]
 
 
+def frame_ages(frame: bytes) -> tuple[Any, list[Any], bool] | None:
+    """A frame's original batch ``timestamp_unixtime_ms`` (as written), its selected events'
+    ``data.timestamp_unixtime_ms`` (None where absent) and whether it has user attributes, without
+    decoding the rest; None for a frame to decode whole (JSON, or an event whose ``data`` is not a map)."""
+    if frame[:1] != _MSGPACK:
+        return None
+    try:
+        ages = _decode_ages(memoryview(frame)[_HEADER.size :])
+    except msgspec.ValidationError:
+        return None
+    times = [None if item.event.data is None else item.event.data.timestamp_unixtime_ms for item in ages.events]
+    return ages.batch.timestamp_unixtime_ms, times, bool(ages.user_attributes)
+
+
 def iter_replays(stream: BinaryIO, name: str = "stage file") -> Iterator[Replay]:
     """The replays of a stream of frames, one at a time."""
+    return _iter(stream, name, _decode)
+
+
+def iter_replays_for_send(stream: BinaryIO, name: str = "stage file") -> Iterator[Replay]:
+    """:func:`iter_replays` for the send stage: each replay's original batch (``Replay.batch``) holds only
+    its ``timestamp_unixtime_ms``, the one field of it that sending and coalescing read. The original
+    batch's identities, device info, context and block metadata are most of a decoded record: skipping
+    them halves the memory of a slice and the time to decode it (``bench/bench_worker.py``)."""
+    return _iter(stream, name, _send_replay)
+
+
+def _send_replay(body: bytes) -> Replay:
+    lean = _decode_for_send(body)
+    if lean.events or lean.user_attributes:  # not written by the transform: keep everything
+        return _decode(body)
+    received = lean.batch.timestamp_unixtime_ms
+    return Replay(
+        ref=lean.ref,
+        identity=lean.identity,
+        batch={} if received is None else {"timestamp_unixtime_ms": received},
+        events=[],
+        user_attributes={},
+        trail=lean.trail,
+        batches=lean.batches,
+        route=lean.route,
+        context_hash=lean.context_hash,
+    )
+
+
+def _iter(stream: BinaryIO, name: str, decode: Callable[[bytes], Replay]) -> Iterator[Replay]:
     read = stream.read
     while True:
         header = read(_HEADER.size)
@@ -125,7 +217,7 @@ def iter_replays(stream: BinaryIO, name: str = "stage file") -> Iterator[Replay]
         if len(body) < length:
             raise CorruptStageFile(f"{name}: ends inside a frame ({len(body)} of {length} bytes)")
         if kind == _MSGPACK:
-            yield _decode(body)
+            yield decode(body)
         elif kind == _JSON:
             yield Replay.from_json(jsonio.loads(body))
         else:

@@ -317,7 +317,7 @@ class ShardSlices:
         """Each slice's replays in turn (read lazily: one slice is decoded at a time); an empty slice is
         skipped."""
         if self._files is None:
-            yield self.s3.read_replays(self.bucket, self.key)
+            yield self.s3.read_replays(self.bucket, self.key, for_send=True)
             return
         for index in range(self.slice_count):
             if self._files.lines.get(index):
@@ -328,7 +328,7 @@ def _read_local(path: str) -> Iterator[Replay]:
     from .s3_hook import open_zstd
 
     with open_zstd(open(path, "rb")) as reader:
-        yield from stage_codec.iter_replays(reader, path)
+        yield from stage_codec.iter_replays_for_send(reader, path)
 
 
 def only_route(replays: Iterable[Replay], route: str, default: str) -> Iterator[Replay]:

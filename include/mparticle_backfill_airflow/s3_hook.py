@@ -80,14 +80,16 @@ class QuarantineS3Hook(S3Hook):
             if line:
                 yield line
 
-    def read_replays(self, bucket: str, key: str) -> Iterator[Replay]:
-        """The replays in a stage file (msgpack frames in zstd; a gzip NDJSON file of an older version too)."""
+    def read_replays(self, bucket: str, key: str, *, for_send: bool = False) -> Iterator[Replay]:
+        """The replays in a stage file (msgpack frames in zstd; a gzip NDJSON file of an older version too).
+        ``for_send``: as the send stage reads them (:func:`.stage_codec.iter_replays_for_send`)."""
         if not key.endswith(stage_codec.SUFFIX):
             for line in self.read_lines(bucket, key):
                 yield Replay.from_json(jsonio.loads(line))
             return
+        iterate = stage_codec.iter_replays_for_send if for_send else stage_codec.iter_replays
         with open_zstd(self.object_stream(bucket, key)) as reader:
-            yield from stage_codec.iter_replays(reader, f"s3://{bucket}/{key}")
+            yield from iterate(reader, f"s3://{bucket}/{key}")
 
     def read_frames(self, bucket: str, key: str) -> Iterator[bytes]:
         """The frames of a stage file (msgpack frames in zstd) undecoded, to copy them as they are (a gzip

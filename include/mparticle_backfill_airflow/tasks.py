@@ -22,7 +22,7 @@ from mparticle_backfill.coalesce import replay_shard, shard_count_for
 from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_frames
 from mparticle_backfill.errors import InvalidSettings
 from mparticle_backfill.extract import extract_records
-from mparticle_backfill.filter_by_age import filter_replays
+from mparticle_backfill.filter_by_age import filter_frames
 from mparticle_backfill.model import OUTCOMES, REPLAYED, DeadLetter
 from mparticle_backfill.partition_lock import LockHolder
 from mparticle_backfill.plan_check import CATEGORIES, infer_blocking, load_plan
@@ -283,10 +283,11 @@ def filter_by_age(chunk: Mapping[str, Any], s3: QuarantineS3Hook) -> dict[str, A
     window = settings.age_window(parse_time("reference_time", chunk["settings"]["reference_time"]))
     summary = Summary()
     bucket = settings.state_bucket
-    replays = s3.read_replays(bucket, paths.stage_output("extract", chunk["chunk"]))
+    # Frames kept whole (nearly all) are copied as they were read: only their times are decoded.
+    frames = s3.read_frames(bucket, paths.stage_output("extract", chunk["chunk"]))
     with s3.stage_file(bucket, paths.stage_output("filter_by_age", chunk["chunk"]), compress=True) as out:
-        for replay in filter_replays(replays, window.cutoff_ms, summary):
-            out.write_replay(replay)
+        for frame in filter_frames(frames, window.cutoff_ms, summary):
+            out.write_frame(frame)
     log.info(
         "filter_by_age chunk %d/%d: window %d days before %s\n%s",
         chunk["chunk"] + 1, chunk["chunks"], window.max_age_days, window.end.isoformat(),

@@ -295,3 +295,68 @@ def test_pack_respects_count_and_size_limits(real_record):
         assert len(request.body) == request.size <= limits.MAX_REQUEST_BYTES
     small = list(pack([OutgoingBatch.of(ref, batch)] * 10, max_bytes=batch.size * 3 + 4))
     assert [len(r.batches) for r in small] == [3, 3, 3, 1]
+
+
+def test_filter_on_frames_keeps_and_counts_exactly_what_filter_on_replays_does(real_record):
+    from mparticle_backfill.accounting import Summary
+    from mparticle_backfill.filter_by_age import filter_frames, filter_replays
+    from mparticle_backfill.stage_codec import decode_frame, encode_replay, frame_ages
+
+    cutoff = CUTOFF_BEFORE_RECORD
+
+    def variant(number, change=None):
+        record = copy.deepcopy(real_record)
+        record["batch_id"] = number
+        if change:
+            change(record)
+        (quarantine_record,) = iter_records("k.txt", stream(ndjson(record)))
+        return select(quarantine_record, SelectionSettings(), Counter())
+
+    def set_times(*values):
+        def change(record):
+            for event, value in zip(record["events"], values, strict=False):
+                if value == "drop":
+                    event["data"].pop("timestamp_unixtime_ms", None)
+                else:
+                    event["data"]["timestamp_unixtime_ms"] = value
+
+        return change
+
+    def data_not_a_map(replay):
+        replay.events[0].event = {**replay.events[0].event, "data": "not a map"}
+        return replay
+
+    def emptied(replay, events=True, attributes=True):
+        if events:
+            replay.events = []
+        if attributes:
+            replay.user_attributes = {}
+        return replay
+
+    def replays():
+        old = cutoff - 10_000
+        return [
+            variant(1),  # inside the window: kept whole
+            variant(2, set_times(old, old, old)),  # every event too old
+            variant(3, set_times(REAL_RECORD_TIME_MS, old, REAL_RECORD_TIME_MS)),  # one too old
+            variant(4, set_times("drop", "drop", "drop")),  # events take the batch's time
+            variant(5, lambda r: (set_times("drop", "drop", "drop")(r), r.pop("timestamp_unixtime_ms"))),
+            variant(6, set_times(True, True, True)),  # a bool is not a time
+            data_not_a_map(variant(7)),
+            variant(8, lambda r: r.__setitem__("timestamp_unixtime_ms", str(old))),  # attributes too old
+            variant(9, lambda r: r.__setitem__("custom_big", 2**70)),  # a JSON frame
+            emptied(variant(10)),  # nothing selected
+            emptied(variant(11), attributes=False),  # user attributes alone, inside the window: kept whole
+        ]
+
+    frames = [encode_replay(replay) for replay in replays()]
+    assert frame_ages(frames[8]) is None and frame_ages(frames[6]) is None  # decoded whole
+    expected_summary, summary = Summary(), Summary()
+    expected = [r.to_json() for r in filter_replays(replays(), cutoff, expected_summary)]
+    out = list(filter_frames(frames, cutoff, summary))
+    assert [decode_frame(frame).to_json() for frame in out] == expected
+    assert summary.to_json() == expected_summary.to_json()
+    assert summary.counts["events_too_old"] and summary.counts["events_without_timestamp"]
+    assert summary.accounted >= 1  # a record ended here (every part too old, or nothing selected)
+    passed_whole = [index for index, frame in enumerate(frames) if any(frame is kept for kept in out)]
+    assert passed_whole == [0, 10]  # undecoded, as they were read

@@ -105,3 +105,59 @@ def test_dedupe_on_frames_keeps_and_counts_exactly_what_dedupe_on_replays_does(r
     # Passed on as they were read (the same objects): all but the JSON frame and, without force, 7 (rebuilt).
     passed_whole = sum(any(frame is read for read in frames) for frame in out)
     assert passed_whole == len(out) - (1 if force else 2)
+
+
+def test_send_reads_what_it_uses_and_coalesces_exactly_as_from_whole_replays(real_record):
+    from collections import Counter
+
+    from mparticle_backfill.coalesce import CoalesceSettings, coalesce
+    from mparticle_backfill.model import RecordRef
+    from mparticle_backfill.stage_codec import iter_replays_for_send
+
+    def replays():
+        out = []
+        for n in range(4):
+            record = copy.deepcopy(real_record)
+            record["batch_id"] = 100 + n
+            received = int(record["timestamp_unixtime_ms"]) + (3 - n) * 1000  # received in another order
+            record["timestamp_unixtime_ms"] = str(received)  # as the real record carries it
+            record["user_attributes"]["$gender"] = f"value-{n}"
+            replay, _, _ = replay_of(record)
+            replay.ref = RecordRef("k.txt", n + 1)
+            replay.trail.append(("dead_lettered", "invalid_event"))
+            out.append(replay)
+        return out
+
+    whole = replays()
+    assert whole[0].batch.get("user_identities") and whole[0].batch.get("device_info")
+    data = b"".join(encode_replay(replay) for replay in replays())
+    lean = list(iter_replays_for_send(io.BytesIO(data), "s3://b/k"))
+    for got, full in zip(lean, whole, strict=True):
+        assert got.batch == {"timestamp_unixtime_ms": full.batch["timestamp_unixtime_ms"]}  # nothing else
+        expected = full.to_json()
+        assert {**got.to_json(), "batch": expected["batch"]} == expected
+    # Coalescing reads the received time: the same merged batches (bodies, ids, members) either way.
+    settings = CoalesceSettings(True, "salt")
+
+    def merged(replays):
+        return [(g.route, [b.body for b in g.batches], [b.members for b in g.batches]) for g in replays]
+
+    built = merged(coalesce(whole, settings, Counter()))
+    got = merged(coalesce(lean, settings, Counter()))
+    assert got == built and len(built[0][1]) == 1 and len(built[0][2][0]) == 4
+    assert jsonio.loads(built[0][1][0])["user_attributes"] == {"$gender": "value-0"}  # received last
+
+
+def test_send_decodes_whole_a_frame_it_cannot_read_lean(real_record):
+    from mparticle_backfill.stage_codec import iter_replays_for_send
+
+    big, _, _ = replay_of(real_record)
+    big.batch["custom_big"] = 2**70  # a JSON frame
+    unsent, _, _ = replay_of(real_record)
+    unsent.user_attributes = {"tier": "gold"}  # not emptied by a transform: nothing may be dropped unseen
+    data = encode_replay(big) + encode_replay(unsent)
+    first, second = iter_replays_for_send(io.BytesIO(data))
+    assert first.batch["custom_big"] == 2**70
+    assert second.to_json() == unsent.to_json()
+    with pytest.raises(CorruptStageFile, match="ends inside a frame"):
+        list(iter_replays_for_send(io.BytesIO(data[:-3]), "s3://b/k"))
