@@ -37,10 +37,20 @@ is identical, and whose records go to the same route (Events API connection):
 - a group of ONE record keeps its batches exactly as the transform built them (same bodies, same ids);
 - with ``coalesce`` off every record keeps its batches: exactly today's output, one group per record.
 
+**Bodies, not payloads.** The send stage reads each replay batch as its encoded body (the stage file holds
+the body, :mod:`.stage_codec`) and merging never decodes an event: the envelope is a slice of the first
+member's body, each event is its JSON as the transform encoded it (a ``msgspec.Raw`` slice of its body,
+of which only ``data.timestamp_unixtime_ms`` is decoded, to order it), and a merged batch is their
+concatenation. msgspec's compact JSON of an object is the concatenation of its members' encodings, so the
+bytes are exactly those of encoding the merged payload (the tests merge every case both ways). Grouping
+compares envelopes as JSON values: by their encoding first, then each distinct encoding made canonical
+once (keys sorted at every level), so an envelope written with its keys in another order is the same one.
+A batch's payload is decoded only to dead-letter or re-cut it (:attr:`CoalescedBatch.payload`).
+
 Memory: merging must see every record of a user before it can emit the user's batches (records are not
-sorted by user), so :func:`coalesce` holds the replays it is given (their replay batches' payloads, ~10 KB
-per record decoded) plus the encoded bodies of one group at a time. Groups are yielded one by one and each
-record's payloads are released once its group is built. So that memory does not follow the shard, the
+sorted by user), so :func:`coalesce` holds the replays it is given (their batches' bodies, ~2.5 KB per
+record as the send stage reads it) plus the encoded bodies of one group at a time. Groups are yielded one
+by one and each record's batches are released once its group is built. So that memory does not follow the shard, the
 send task cuts a shard of more than :data:`SLICE_REPLAYS` records into slices by user context
 (:func:`slice_of`: the hash bits above the shard's) and coalesces one slice at a time: a user's records
 are all in one slice, so slicing merges exactly what the whole shard would (only records of different
@@ -59,14 +69,14 @@ from typing import Any
 import msgspec
 
 from . import jsonio, limits
-from .model import RecordRef, Replay, ReplayBatch
+from .model import CONTENT_FIELDS, RecordRef, Replay, ReplayBatch
 from .transform import _REQUEST_ID_BYTES, _request_id, _with_request_id
 from .values import exact_int
 
 # Airflow's max_map_length: a DAG cannot map a task over more shards than this.
 MAX_MAPPED_TASKS = 1024
 # The send task coalesces a shard one slice of about this many records at a time (its memory follows the
-# slice: ~10 KB per decoded record); a shard's records are cut into slices by user context, like shards.
+# slice); a shard's records are cut into slices by user context, like shards.
 # bench/bench_worker.py, 200,000 records, shards of ~48,000: a send task process peaks at 308-322 MB with
 # 5,000 (336-340 MB with 10,000; ~175 MB of it is Airflow and the imports, as in every task process), at
 # the same CPU per record; smaller slices cost only more local slice files.
@@ -83,8 +93,6 @@ USER_CONTEXT_FIELDS = (
     "consent_state",
     "integration_attributes",
 )
-# Payload fields that are a batch's content; every other field is its envelope.
-CONTENT_FIELDS = frozenset({"events", "user_attributes", "source_request_id"})
 # Names the hash of a merged batch's keys, so it never equals a transform id (which hashes a batch id).
 _COALESCED = "coalesced"
 _USER_ATTRIBUTES_FIELD = len(',"user_attributes":')
@@ -219,8 +227,7 @@ class CoalescedBatch(msgspec.Struct, frozen=True):
         delivers for it.
     :param replay_keys: every key of the batch: one per event, in the order of ``payload["events"]``,
         then the user attribute keys (as :class:`.ReplayBatch` orders them).
-    :param payload: the Events API batch, ``source_request_id`` included (its last field).
-    :param body: the encoded payload, as sent.
+    :param body: the encoded Events API batch, as sent, ``source_request_id`` included (its last field).
     :param size: ``len(body)``.
     :param attribute_names: per user attribute key, the names of ``payload["user_attributes"]`` it
         delivers (empty when every one was superseded by a later batch's value).
@@ -228,7 +235,6 @@ class CoalescedBatch(msgspec.Struct, frozen=True):
 
     members: tuple[tuple[RecordRef, tuple[str, ...]], ...]
     replay_keys: tuple[str, ...]
-    payload: dict[str, Any]
     body: bytes
     size: int
     attribute_names: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -236,6 +242,11 @@ class CoalescedBatch(msgspec.Struct, frozen=True):
     @property
     def refs(self) -> tuple[RecordRef, ...]:
         return tuple(ref for ref, _ in self.members)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The batch decoded from its body (only to dead-letter or re-cut it: the body is what is sent)."""
+        return jsonio.loads(self.body)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -247,12 +258,10 @@ class CoalescedBatch(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> CoalescedBatch:
-        payload = value["payload"]
-        body = jsonio.dumps(payload)  # source_request_id is the payload's last field, as in the body sent
+        body = jsonio.dumps(value["payload"])  # source_request_id is its last field, as in the body sent
         return cls(
             members=tuple((RecordRef.from_json(ref), tuple(keys)) for ref, keys in value["members"]),
             replay_keys=tuple(value["keys"]),
-            payload=payload,
             body=body,
             size=len(body),
             attribute_names=tuple((key, tuple(names)) for key, names in value.get("attribute_names", ())),
@@ -287,7 +296,7 @@ def member_payload(batch: CoalescedBatch, ref: RecordRef) -> dict[str, Any]:
     keys = next((set(keys) for member, keys in batch.members if member == ref), None)
     if keys is None:
         raise KeyError(f"{ref} is not a member of this batch")
-    payload = batch.payload
+    payload = batch.payload  # decoded once
     envelope = {name: value for name, value in payload.items() if name not in CONTENT_FIELDS}
     events = payload.get("events") or []
     part: dict[str, Any] = {
@@ -314,12 +323,18 @@ def coalesce(replays: Iterable[Replay], settings: CoalesceSettings, counts: Coun
         for replay in replays:
             yield _unchanged(replay, counts)
         return
-    groups: dict[tuple[str, bytes], list[Replay]] = {}
+    encodings: dict[tuple[str, bytes], list[Replay]] = {}
     for replay in replays:
         if not replay.batches:  # nothing to send (the send stage never gets one): still never lost
             yield _unchanged(replay, counts)
             continue
-        groups.setdefault((_route(replay), _envelope_key(replay.batches[0].payload)), []).append(replay)
+        encodings.setdefault((_route(replay), _envelope_prefix(replay.batches[0])), []).append(replay)
+    # Envelopes equal as JSON values are one envelope, whatever the order of their keys at any level:
+    # each distinct encoding is made canonical once (nearly always, a user's records encode it alike).
+    groups: dict[tuple[str, bytes], list[Replay]] = {}
+    for (route, prefix), members in encodings.items():
+        groups.setdefault((route, _canonical_envelope(prefix)), []).extend(members)
+    encodings.clear()
     # Deterministic whatever the input order: records by their place, groups by their first record.
     ordered = sorted((sorted(members, key=_ref_order) for members in groups.values()), key=lambda m: _ref_order(m[0]))
     groups.clear()
@@ -339,19 +354,118 @@ def _ref_order(replay: Replay) -> tuple[str, int, int]:
     return (ref.object_key, ref.line, ref.part)
 
 
-def _envelope_key(payload: dict[str, Any]) -> bytes:
-    """The canonical encoding of a payload's envelope: equal bytes iff equal envelopes."""
-    return _canonical({name: value for name, value in payload.items() if name not in CONTENT_FIELDS})
+def _canonical_envelope(prefix: bytes) -> bytes:
+    """The canonical encoding (keys sorted at every level) of the envelope :func:`_envelope_prefix` gave:
+    equal bytes iff equal envelopes."""
+    return _canonical(jsonio.loads(prefix[:-1] + b"}" if len(prefix) > 1 else b"{}"))
+
+
+class _Content(msgspec.Struct):
+    """What merging reads of a batch's body: each event's JSON as it is, and the user attributes."""
+
+    events: list[msgspec.Raw] = []
+    user_attributes: dict[str, Any] | None = None
+
+
+class _Time(msgspec.Struct):
+    timestamp_unixtime_ms: Any = None
+
+
+class _TimedEvent(msgspec.Struct):
+    data: _Time | None = None
+
+
+_decode_content = msgspec.json.Decoder(_Content).decode
+_decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_event_time = msgspec.json.Decoder(_TimedEvent).decode
+
+
+def event_time(event: Any) -> int | None:
+    """An event's ``data.timestamp_unixtime_ms`` if it is an int, else None: what merging orders by."""
+    data = event.get("data") if type(event) is dict else None
+    ts = data.get("timestamp_unixtime_ms") if type(data) is dict else None
+    return ts if type(ts) is int else None
+
+
+def _encoded_event_time(encoded: Any) -> int | None:
+    """:func:`event_time` of an encoded event, decoding only that field."""
+    try:
+        data = _decode_event_time(encoded).data
+    except msgspec.ValidationError:  # the event or its data is not an object
+        return event_time(jsonio.loads(encoded))
+    ts = None if data is None else data.timestamp_unixtime_ms
+    return ts if type(ts) is int else None
+
+
+def _content(batch: ReplayBatch) -> tuple[list[Any], Iterable[int | None], dict[str, Any]]:
+    """A batch's events, each encoded (from a body: a slice of it, never decoded whole), their times and
+    its restored user attributes."""
+    if batch.payload is None and batch.body is not None:  # as the send stage reads a stage file
+        content = _decode_content(batch.body)
+        return content.events, map(_encoded_event_time, content.events), content.user_attributes or {}
+    payload = batch.decoded_payload()
+    events = payload.get("events") or []
+    return [jsonio.dumps(event) for event in events], map(event_time, events), payload.get("user_attributes") or {}
+
+
+def _envelope_prefix(batch: ReplayBatch) -> bytes:
+    """The start of an encoded batch with ``batch``'s envelope: ``{`` and its envelope fields in order,
+    each followed by a comma; a batch is this, then ``"events":[...]``, its user attributes and ``}``."""
+    if batch.payload is None and batch.body is not None:  # as the send stage reads a stage file
+        fields = _decode_fields(batch.body)  # in the body's order, values as they are
+        prefix = _body_prefix(batch.body, fields)
+        if prefix is not None:
+            return prefix
+        parts = [jsonio.dumps(name) + b":" + bytes(raw) for name, raw in fields.items() if name not in CONTENT_FIELDS]
+    else:
+        parts = [
+            jsonio.dumps(name) + b":" + jsonio.dumps(value)
+            for name, value in batch.decoded_payload().items()
+            if name not in CONTENT_FIELDS
+        ]
+    return b"{" + b"".join(part + b"," for part in parts)
+
+
+# What each content field adds to a body after its value's JSON: its name, quoted, a colon, a comma.
+_TAIL = {"events": len(b'"events":'), "user_attributes": len(b',"user_attributes":')}
+_TAIL["source_request_id"] = len(b',"source_request_id":')
+
+
+def _body_prefix(body: bytes, fields: dict[str, msgspec.Raw]) -> bytes | None:
+    """The envelope prefix of a body laid out as every body this package encodes (the envelope's
+    fields, then ``events``, then ``user_attributes`` and ``source_request_id`` if present, compact):
+    a slice of the body, found from the lengths of the content fields' values (O(1), never a search
+    for ``"events":``, which a nested key could also spell). None for any other layout (then the
+    caller re-encodes the envelope field by field)."""
+    tail = 1  # the closing brace
+    content = 0
+    for name in reversed(fields):
+        if name not in _TAIL:
+            return None  # an envelope field after the content
+        content += 1
+        tail += _TAIL[name] + len(fields[name])
+        if name == "events":
+            break
+    else:
+        return None
+    if sum(name in fields for name in _TAIL) != content:
+        return None  # a content field before the events
+    end = len(body) - tail
+    if end < 1 or body[end : end + _TAIL["events"]] != b'"events":' or body[end - 1 : end] not in (b"{", b","):
+        return None
+    return body[:end]
+
+
+def _same_envelope(prefix: bytes, other: bytes) -> bool:
+    return prefix == other or _canonical_envelope(prefix) == _canonical_envelope(other)
 
 
 def _unchanged(replay: Replay, counts: Counter[str]) -> CoalescedGroup:
     """A record's batches as the transform built them, one to one."""
     batches = []
     for batch in replay.batches:
-        body = batch.body if batch.body is not None else jsonio.dumps(batch.payload)
-        batches.append(
-            CoalescedBatch(((replay.ref, batch.replay_keys),), batch.replay_keys, batch.payload, body, len(body))
-        )
+        body = batch.encoded()
+        batches.append(CoalescedBatch(((replay.ref, batch.replay_keys),), batch.replay_keys, body, len(body)))
     replay.batches = []
     counts["batches_before_coalescing"] += len(batches)
     counts["batches_after_coalescing"] += len(batches)
@@ -362,7 +476,7 @@ class _Event(msgspec.Struct):
     order: tuple[bool, int, str, int, int, int, int]
     key: str
     ref: RecordRef
-    event: dict[str, Any]
+    encoded: Any  # the event's JSON (a msgspec.Raw slice of its batch's body, or bytes)
 
 
 class _Attributes(msgspec.Struct):
@@ -377,11 +491,13 @@ class _Attributes(msgspec.Struct):
 
 
 def _merge(members: list[Replay], salt: str, counts: Counter[str]) -> CoalescedGroup:
-    envelope = {name: value for name, value in members[0].batches[0].payload.items() if name not in CONTENT_FIELDS}
+    """Merge one envelope's records. Events are never decoded: each is its JSON as the transform encoded
+    it, and the merged batch is their concatenation (msgspec's compact JSON of an object is the
+    concatenation of its members' encodings: the same bytes as encoding the merged payload)."""
+    prefix = _envelope_prefix(members[0].batches[0])
     events: list[_Event] = []
     units: list[_Attributes] = []
-    loose: list[tuple[RecordRef, ReplayBatch]] = []  # a batch whose envelope differs from its record's first
-    first_key = _envelope_key(members[0].batches[0].payload)
+    loose: list[tuple[RecordRef, ReplayBatch]] = []  # a batch whose envelope differs from the group's
     before = 0
     for replay in members:
         ref = replay.ref
@@ -390,22 +506,17 @@ def _merge(members: list[Replay], salt: str, counts: Counter[str]) -> CoalescedG
         record_units: list[_Attributes] = []
         for batch_index, batch in enumerate(replay.batches):
             before += 1
-            payload = batch.payload
-            if batch_index and _envelope_key(payload) != first_key:
+            if batch_index and not _same_envelope(_envelope_prefix(batch), prefix):
                 loose.append((ref, batch))  # cannot happen with the transform's batches; kept safe
                 continue
-            batch_events = payload.get("events") or []
-            for event_index, (key, event) in enumerate(zip(batch.replay_keys, batch_events, strict=False)):
-                data = event.get("data")
-                ts = data.get("timestamp_unixtime_ms") if type(data) is dict else None
-                if type(ts) is not int:
-                    ts = None
-                elif newest is None or ts > newest:
+            batch_events, times, batch_attributes = _content(batch)
+            for event_index, (key, encoded, ts) in enumerate(zip(batch.replay_keys, batch_events, times, strict=False)):
+                if ts is not None and (newest is None or ts > newest):
                     newest = ts
                 order = (ts is None, ts or 0, *place, batch_index, event_index)
-                events.append(_Event(order, key, ref, event))
+                events.append(_Event(order, key, ref, encoded))
             for index, key in enumerate(batch.replay_keys[len(batch_events) :]):
-                attributes = (payload.get("user_attributes") or {}) if index == 0 else {}
+                attributes = batch_attributes if index == 0 else {}
                 record_units.append(_Attributes((0, 0, "", 0, 0), key, ref, dict(attributes)))
         received = exact_int(replay.batch.get("timestamp_unixtime_ms"))
         latest = received if received is not None else newest if newest is not None else -1
@@ -417,10 +528,10 @@ def _merge(members: list[Replay], salt: str, counts: Counter[str]) -> CoalescedG
     units.sort(key=lambda unit: unit.recency)
     names = _latest_wins(units, counts)
 
-    batches = _pack(envelope, events, units, names, salt)
+    batches = _pack(prefix, events, units, names, salt)
     for ref, batch in loose:
-        body = batch.body if batch.body is not None else jsonio.dumps(batch.payload)
-        batches.append(CoalescedBatch(((ref, batch.replay_keys),), batch.replay_keys, batch.payload, body, len(body)))
+        body = batch.encoded()
+        batches.append(CoalescedBatch(((ref, batch.replay_keys),), batch.replay_keys, body, len(body)))
     counts["batches_before_coalescing"] += before
     counts["batches_after_coalescing"] += len(batches)
     shared = {ref for batch in batches if len(batch.members) > 1 for ref, _ in batch.members}
@@ -448,29 +559,26 @@ def _latest_wins(units: list[_Attributes], counts: Counter[str]) -> int:
     return len(winner)
 
 
-def _pack(
-    envelope: dict[str, Any], events: list[_Event], units: list[_Attributes], names: int, salt: str
-) -> list[CoalescedBatch]:
+def _pack(prefix: bytes, events: list[_Event], units: list[_Attributes], names: int, salt: str) -> list[CoalescedBatch]:
     """The group's batches: one when everything fits (nearly always), else split by size and names."""
     if names <= limits.MAX_USER_ATTRIBUTES:
         for unit in units:
             unit.batch = 0
-        payload = _payload(envelope, events, units)
-        encoded = jsonio.dumps(payload)
+        encoded = _encode(prefix, events, units)
         if len(encoded) + _REQUEST_ID_BYTES <= limits.MAX_BATCH_BYTES:
-            return [_batch(payload, encoded, events, units, salt)]
+            return [_batch(encoded, events, units, salt)]
 
     # Split: events in time order, greedily, each batch within the size limit (sizes are exact upper
     # bounds: the parts of a JSON object add up); then each record's user attributes, whole, into the
     # first batch with room for its names and bytes, else into a batch of their own.
-    base = len(jsonio.dumps({**envelope, "events": []})) + _REQUEST_ID_BYTES
+    base = len(prefix) + len(b'"events":[]}') + _REQUEST_ID_BYTES
     room = limits.MAX_BATCH_BYTES
     parts: list[list[_Event]] = []
     sizes: list[int] = []
     current: list[_Event] = []
     size = base
     for item in events:
-        cost = len(jsonio.dumps(item.event)) + 1
+        cost = len(item.encoded) + 1
         if current and size + cost > room:
             parts.append(current)
             sizes.append(size)
@@ -504,25 +612,23 @@ def _pack(
     batches = []
     for index, part in enumerate(parts):
         placed = [unit for unit in units if unit.batch == index]
-        payload = _payload(envelope, part, placed)
-        batches.append(_batch(payload, jsonio.dumps(payload), part, placed, salt))
+        batches.append(_batch(_encode(prefix, part, placed), part, placed, salt))
     return batches
 
 
-def _payload(envelope: dict[str, Any], events: list[_Event], units: list[_Attributes]) -> dict[str, Any]:
-    payload = {**envelope, "events": [item.event for item in events]}
+def _encode(prefix: bytes, events: list[_Event], units: list[_Attributes]) -> bytes:
+    """The encoded batch (without its ``source_request_id``): the envelope, the events in order, then the
+    units' user attributes merged, exactly as encoding that payload would give."""
+    encoded = prefix + b'"events":[' + b",".join(item.encoded for item in events) + b"]"
     merged = {name: value for unit in units for name, value in unit.attributes.items()}
     if merged:
-        payload["user_attributes"] = merged
-    return payload
+        encoded += b',"user_attributes":' + jsonio.dumps(merged)
+    return encoded + b"}"
 
 
-def _batch(
-    payload: dict[str, Any], encoded: bytes, events: list[_Event], units: list[_Attributes], salt: str
-) -> CoalescedBatch:
+def _batch(encoded: bytes, events: list[_Event], units: list[_Attributes], salt: str) -> CoalescedBatch:
     keys = [item.key for item in events] + [unit.key for unit in units]
     request_id = _request_id(_COALESCED, salt, jsonio.dumps(sorted(keys)))
-    payload["source_request_id"] = request_id
     body = _with_request_id(encoded, request_id)
     by_ref: dict[RecordRef, list[str]] = {}
     for item in events:
@@ -536,7 +642,7 @@ def _batch(
         )
     )
     attribute_names = tuple((unit.key, tuple(unit.attributes)) for unit in units)
-    return CoalescedBatch(members, tuple(keys), payload, body, len(body), attribute_names)
+    return CoalescedBatch(members, tuple(keys), body, len(body), attribute_names)
 
 
 def without_delivered(batch: CoalescedBatch, done: list[bool], salt: str = "") -> CoalescedBatch:
@@ -547,12 +653,13 @@ def without_delivered(batch: CoalescedBatch, done: list[bool], salt: str = "") -
     ledger or not at all; this covers a ledger written by another version or another shard count.
     """
     keep = {key for key, already in zip(batch.replay_keys, done, strict=True) if not already}
-    payload = {name: value for name, value in batch.payload.items() if name not in CONTENT_FIELDS}
-    events = batch.payload.get("events") or []
+    original = batch.payload  # decoded once
+    payload = {name: value for name, value in original.items() if name not in CONTENT_FIELDS}
+    events = original.get("events") or []
     payload["events"] = [event for key, event in zip(batch.replay_keys, events, strict=False) if key in keep]
     attribute_keys = [key for key in batch.replay_keys[len(events) :] if key in keep]
-    if attribute_keys and "user_attributes" in batch.payload:
-        attributes = batch.payload["user_attributes"]
+    if attribute_keys and "user_attributes" in original:
+        attributes = original["user_attributes"]
         if batch.attribute_names:
             names = {name for key, names in batch.attribute_names if key in keep for name in names}
             attributes = {name: value for name, value in attributes.items() if name in names}
@@ -568,4 +675,4 @@ def without_delivered(batch: CoalescedBatch, done: list[bool], salt: str = "") -
         if any(key in keep for key in member_keys)
     )
     attribute_names = tuple((key, names) for key, names in batch.attribute_names if key in keep)
-    return CoalescedBatch(members, keys, payload, body, len(body), attribute_names)
+    return CoalescedBatch(members, keys, body, len(body), attribute_names)

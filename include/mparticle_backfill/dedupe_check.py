@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 from . import jsonio, stage_codec
 from .accounting import Step, Summary, advance
-from .model import ALREADY_REPLAYED, Replay, ReplayBatch
+from .model import ALREADY_REPLAYED, CONTENT_FIELDS, Replay, ReplayBatch
 from .transform import source_request_id
 
 IN_LEDGER = "in_ledger"
@@ -74,8 +74,9 @@ class DedupeCheck:
 
 def without_keys(identity: str, batch: ReplayBatch, done: list[bool], request_id_salt: str = "") -> ReplayBatch:
     """The batch minus its parts whose keys are ``done`` (in the ledger), with a new source_request_id."""
-    payload = {k: v for k, v in batch.payload.items() if k not in ("source_request_id", "events", "user_attributes")}
-    events = batch.payload.get("events") or []
+    original = batch.decoded_payload()
+    payload = {k: v for k, v in original.items() if k not in CONTENT_FIELDS}
+    events = original.get("events") or []
     keys: list[str] = []
     kept_events = []
     for key, event, already in zip(batch.replay_keys, events, done, strict=False):
@@ -86,7 +87,7 @@ def without_keys(identity: str, batch: ReplayBatch, done: list[bool], request_id
     for key, already in zip(batch.replay_keys[len(events) :], done[len(events) :], strict=True):
         if not already:
             keys.append(key)
-            payload["user_attributes"] = batch.payload["user_attributes"]
+            payload["user_attributes"] = original["user_attributes"]
     payload["source_request_id"] = source_request_id(identity, payload, request_id_salt)
     return ReplayBatch(tuple(keys), payload, len(jsonio.dumps(payload)))
 

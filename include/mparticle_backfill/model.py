@@ -7,6 +7,8 @@ from typing import Any
 
 from msgspec import Struct, field
 
+from . import jsonio
+
 # Outcomes a record can end in, best first: a record ends in the best outcome any part of it reached,
 # so a record whose events were partly replayed counts as replayed (its other parts are still
 # dead-lettered and counted at event level).
@@ -149,19 +151,48 @@ class Replay(Struct):
 
 
 class ReplayBatch(Struct):
-    """One batch ready for the Events API, and the replay keys it delivers."""
+    """One batch ready for the Events API, and the replay keys it delivers.
+
+    In memory the transform gives a batch both its ``payload`` and its encoded ``body`` (what is sent).
+    A stage file holds the ``body`` only (:meth:`stage_form`). The send stage reads it so (``payload``
+    None): coalescing merges bodies without decoding their events, and :meth:`decoded_payload` decodes
+    one when, rarely, it must. Every other reader gets ``payload`` decoded from the body.
+    """
 
     replay_keys: tuple[str, ...]
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None
     size: int = 0
     body: bytes | None = None  # the encoded payload, when already made
 
+    def decoded_payload(self) -> dict[str, Any]:
+        """The payload, decoded from the body if this batch was read without it."""
+        if self.payload is not None:
+            return self.payload
+        if self.body is None:
+            raise ValueError("a replay batch with neither payload nor body")
+        return jsonio.loads(self.body)
+
+    def encoded(self) -> bytes:
+        """The body, encoded from the payload if it was not yet."""
+        return self.body if self.body is not None else jsonio.dumps(self.payload)
+
+    def stage_form(self) -> ReplayBatch:
+        """This batch as a stage file holds it: its body and size, no payload."""
+        if self.payload is None:
+            return self
+        body = self.encoded()
+        return ReplayBatch(self.replay_keys, None, len(body), body)
+
     def to_json(self) -> dict[str, Any]:
-        return {"keys": list(self.replay_keys), "payload": self.payload, "size": self.size}
+        return {"keys": list(self.replay_keys), "payload": self.decoded_payload(), "size": self.size}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> ReplayBatch:
         return cls(tuple(value["keys"]), value["payload"], value["size"])
+
+
+# Payload fields that are a batch's content; every other field is its envelope (who, where, how).
+CONTENT_FIELDS = frozenset({"events", "user_attributes", "source_request_id"})
 
 
 class DeadLetter(Struct, frozen=True):

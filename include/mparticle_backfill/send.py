@@ -36,7 +36,7 @@ class OutgoingBatch:
     @classmethod
     def of(cls, ref: RecordRef, batch: ReplayBatch) -> OutgoingBatch:
         """A record's batch as the transform built it."""
-        return cls(ref, batch.replay_keys, batch.body if batch.body is not None else jsonio.dumps(batch.payload))
+        return cls(ref, batch.replay_keys, batch.encoded())
 
     @property
     def refs(self) -> tuple[RecordRef, ...]:

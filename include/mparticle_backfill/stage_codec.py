@@ -8,8 +8,9 @@ files (``bench/bench_stage_files.py``).
 
 A frame is a 1-byte kind, a 4-byte big-endian length and the body. Kind ``M``: msgpack of the Replay.
 Kind ``J``: the Replay's JSON (:meth:`.Replay.to_json`), for the rare record msgpack cannot hold (an
-integer beyond 64 bits, which JSON keeps exactly). A replay batch's cached ``body`` is not written (the
-reader re-encodes it when it is needed, as the JSON path always did).
+integer beyond 64 bits, which JSON keeps exactly). A replay batch is written as its ``body`` (the JSON
+the transform encoded, as it is sent), not its payload: the send stage merges bodies without decoding
+them (:mod:`.coalesce`), and the other readers decode the payload from the body.
 """
 
 from __future__ import annotations
@@ -107,11 +108,9 @@ class CorruptStageFile(ValueError):
 
 
 def encode_replay(replay: Replay) -> bytes:
-    """One frame holding ``replay``."""
-    if any(batch.body is not None for batch in replay.batches):
-        replay = msgspec.structs.replace(
-            replay, batches=[msgspec.structs.replace(batch, body=None) for batch in replay.batches]
-        )
+    """One frame holding ``replay``; its batches as their bodies (:meth:`.ReplayBatch.stage_form`)."""
+    if replay.batches:
+        replay = msgspec.structs.replace(replay, batches=[batch.stage_form() for batch in replay.batches])
     try:
         body, kind = _encode(replay), _MSGPACK
     except OverflowError:  # an integer msgpack cannot hold: JSON keeps it exactly
@@ -140,7 +139,16 @@ def iter_frames(stream: BinaryIO, name: str = "stage file") -> Iterator[bytes]:
 def decode_frame(frame: bytes) -> Replay:
     """The replay of one whole frame (as :func:`iter_frames` yields it)."""
     body = memoryview(frame)[_HEADER.size :]
-    return _decode(body) if frame[:1] == _MSGPACK else Replay.from_json(jsonio.loads(bytes(body)))
+    return _decode_whole(body) if frame[:1] == _MSGPACK else Replay.from_json(jsonio.loads(bytes(body)))
+
+
+def _decode_whole(body: bytes | memoryview) -> Replay:
+    """A msgpack frame's replay, each batch's payload decoded from its body (the frame holds the body)."""
+    replay = _decode(body)
+    for batch in replay.batches:
+        if batch.payload is None:
+            batch.payload = batch.decoded_payload()
+    return replay
 
 
 def frame_context_hash(frame: bytes) -> int | None:
@@ -175,21 +183,23 @@ def frame_ages(frame: bytes) -> tuple[Any, list[Any], bool] | None:
 
 def iter_replays(stream: BinaryIO, name: str = "stage file") -> Iterator[Replay]:
     """The replays of a stream of frames, one at a time."""
-    return _iter(stream, name, _decode)
+    return _iter(stream, name, _decode_whole)
 
 
 def iter_replays_for_send(stream: BinaryIO, name: str = "stage file") -> Iterator[Replay]:
     """:func:`iter_replays` for the send stage: each replay's original batch (``Replay.batch``) holds only
-    its ``timestamp_unixtime_ms``, the one field of it that sending and coalescing read. The original
-    batch's identities, device info, context and block metadata are most of a decoded record: skipping
-    them halves the memory of a slice and the time to decode it (``bench/bench_worker.py``)."""
+    its ``timestamp_unixtime_ms``, the one field of it that sending and coalescing read, and its replay
+    batches hold their body, not their payload (coalescing merges bodies;
+    :meth:`.ReplayBatch.decoded_payload` decodes one when it must). The original batch's identities,
+    device info, context and block metadata and the batches' payloads are most of a decoded record:
+    skipping them divides the memory of a slice and the time to decode it (``bench/bench_worker.py``)."""
     return _iter(stream, name, _send_replay)
 
 
 def _send_replay(body: bytes) -> Replay:
     lean = _decode_for_send(body)
     if lean.events or lean.user_attributes:  # not written by the transform: keep everything
-        return _decode(body)
+        return _decode_whole(body)
     received = lean.batch.timestamp_unixtime_ms
     return Replay(
         ref=lean.ref,

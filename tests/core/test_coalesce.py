@@ -36,9 +36,10 @@ from mparticle_backfill.coalesce import (
 from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_replays
 from mparticle_backfill.extract import extract_records
 from mparticle_backfill.filter_by_age import filter_replays
-from mparticle_backfill.model import RecordRef, Replay
+from mparticle_backfill.model import RecordRef, Replay, ReplayBatch
 from mparticle_backfill.routes import compile_routes
 from mparticle_backfill.select import SelectionSettings
+from mparticle_backfill.stage_codec import encode_replay, iter_replays_for_send
 from mparticle_backfill.transform import OMIT, TransformSettings, transform_replays
 from tools.synthetic_users import ANDROID, IOS, WEB, Device, device_record, make_device
 
@@ -112,9 +113,27 @@ def replays_of(
     return result
 
 
+def as_sent(replays: list[Replay]) -> list[Replay]:
+    """The replays as the send stage reads them from a stage file: batches as bodies, never decoded."""
+    data = b"".join(encode_replay(replay) for replay in replays)
+    staged = list(iter_replays_for_send(io.BytesIO(data)))
+    assert all(batch.payload is None for replay in staged for batch in replay.batches)
+    return staged
+
+
 def run(replays: list[Replay], salt: str = "", *, on: bool = True) -> tuple[list[CoalescedGroup], Counter[str]]:
+    """Coalesce ``replays`` in memory (payloads decoded) and as the send stage does (from the stage file:
+    events merged as their JSON, never decoded): both must build exactly the same batches."""
+    staged = as_sent(replays)
     counts: Counter[str] = Counter()
-    return list(coalesce(replays, CoalesceSettings(on, salt), counts)), counts
+    groups = list(coalesce(replays, CoalesceSettings(on, salt), counts))
+    staged_counts: Counter[str] = Counter()
+    staged_groups = list(coalesce(staged, CoalesceSettings(on, salt), staged_counts))
+    assert staged_counts == counts
+    assert [(g.route, [r.ref for r in g.replays], g.batches) for g in staged_groups] == [
+        (g.route, [r.ref for r in g.replays], g.batches) for g in groups
+    ]
+    return groups, counts
 
 
 def envelope(payload: dict[str, Any]) -> bytes:
@@ -358,6 +377,60 @@ def test_one_users_batches_become_one_batch_in_time_order():
     assert limits.batch_problem(batch.payload) is None
     assert counts == Counter(batches_before_coalescing=4, batches_after_coalescing=1, records_coalesced=4)
     assert batches_per_record(group.batches) == {ref: 1 for ref in sent}
+
+
+def test_an_envelope_written_with_its_keys_in_another_order_is_the_same_envelope():
+    """Equal as JSON is equal: the second record's device_info, identities and plan context carry their
+    keys in reverse order (another SDK version, a copy through another pipeline); the three records still
+    make one batch, whose envelope is written as the first record's."""
+    dev = device(8, IOS, consent=True)
+    first, second, third = (upload(dev, minute, 2, number=n) for n, minute in ((1, 30), (2, 10), (3, 50)))
+    second = reversed_keys(second)
+    replays = replays_of(first, second, third)
+    raw = [r.batches[0].body.split(b'"events":[')[0] for r in replays]
+    assert raw[0] == raw[2] != raw[1] and envelope(replays[0].batches[0].payload) == envelope(
+        replays[1].batches[0].payload
+    )
+    groups, counts = run(replays)
+    (group,) = groups
+    (batch,) = group.batches
+    assert [r.ref.line for r in group.replays] == [1, 2, 3]
+    assert batch.body.startswith(raw[0])
+    assert len(batch.payload["events"]) == 6 and counts["batches_after_coalescing"] == 1
+
+
+def laid_out(payload: dict[str, Any], layout: str) -> dict[str, Any]:
+    """The same payload with its fields in another order, or a nested key that spells ``"events":``."""
+    content = {name: payload[name] for name in ("events", "user_attributes", "source_request_id")}
+    envelope = {name: value for name, value in payload.items() if name not in content}
+    if layout == "nested_events_key":
+        return {**envelope, "integration_attributes": {"1111": {"events": [1, 2]}}, **content}
+    if layout == "envelope_after_events":
+        environment = envelope.pop("environment")
+        return {**envelope, **content, "environment": environment}
+    if layout == "attributes_first":
+        return {"user_attributes": content["user_attributes"], **envelope, **content}
+    raise AssertionError(layout)
+
+
+@pytest.mark.parametrize("layout", ["nested_events_key", "envelope_after_events", "attributes_first"])
+def test_a_body_of_another_layout_merges_as_its_payload(layout):
+    """Bodies this package writes put the envelope first, then the content, and merging slices the
+    envelope off them; a body laid out otherwise, or whose envelope holds a key named "events", must
+    still merge exactly as its decoded payload does (``run`` compares the two)."""
+    dev = device(9, WEB, blocked_user_attributes=("loyalty_tier", "last_search"))
+    replays = replays_of(upload(dev, 10, 2, number=1), upload(dev, 20, 1, number=2))
+    for replay in replays:
+        (batch,) = replay.batches
+        assert batch.payload.get("user_attributes")
+        body = jsonio.dumps(laid_out(batch.payload, layout))
+        replay.batches = [ReplayBatch(batch.replay_keys, jsonio.loads(body), len(body), body)]
+    expected = {k: v for k, v in replays[0].batches[0].payload.items() if k not in CONTENT}
+    groups, counts = run(replays)
+    (group,) = groups
+    (batch,) = group.batches
+    assert {k: v for k, v in batch.payload.items() if k not in CONTENT} == expected
+    assert len(batch.payload["events"]) == 3 and counts["records_coalesced"] == 2
 
 
 @pytest.mark.parametrize(
@@ -780,3 +853,31 @@ def test_coalesced_partitions_deliver_everything_once_within_the_limits(drawn, b
     again = replays_of(*records, transform=transform)
     random.Random(7).shuffle(again)
     assert [b.body for b in sent_batches(run(again, salt)[0])] == [b.body for b in batches]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"data": {"timestamp_unixtime_ms": 1_763_600_000_000}},
+        {"data": {"timestamp_unixtime_ms": True}},
+        {"data": {"timestamp_unixtime_ms": "1763600000000"}},
+        {"data": {"timestamp_unixtime_ms": 1.5}},
+        {"data": {"timestamp_unixtime_ms": 2**70}},
+        {"data": {}},
+        {"data": None},
+        {"data": [1, 2]},
+        {"event_type": "custom_event"},
+        [1],
+        3,
+    ],
+)
+def test_an_encoded_events_time_is_read_as_its_decoded_events(event):
+    """The send stage orders events by the time it decodes from their JSON alone: the same as the time
+    of the decoded event, for any shape an event may have."""
+    from mparticle_backfill.coalesce import _encoded_event_time, event_time
+
+    (encoded,) = msgspec.json.Decoder(list[msgspec.Raw]).decode(jsonio.dumps([event]))
+    assert _encoded_event_time(encoded) == event_time(event)
+    data = event.get("data") if isinstance(event, dict) else None
+    ts = data.get("timestamp_unixtime_ms") if isinstance(data, dict) else None
+    assert event_time(event) == (ts if type(ts) is int else None)  # an int, never a bool, string or float

@@ -5,22 +5,34 @@ from __future__ import annotations
 import copy
 import io
 
+import msgspec
 import pytest
 
 from mparticle_backfill import jsonio
-from mparticle_backfill.stage_codec import CorruptStageFile, encode_replay, iter_replays
+from mparticle_backfill.stage_codec import CorruptStageFile, encode_replay, iter_replays, iter_replays_for_send
 from tests.core.test_replay_stages import replay_of
 
 
-def test_a_replay_comes_back_as_it_was_written_without_the_cached_body(real_record):
+def test_a_replay_comes_back_as_it_was_written_its_batches_carried_as_their_bodies(real_record):
     replay, _, _ = replay_of(real_record)
     replay.trail.append(("dead_lettered", "invalid_event"))
     assert replay.batches
-    replay.batches[0].body = jsonio.dumps(replay.batches[0].payload)  # a cache some stages fill
+    replay.batches.append(replay.batches[0])
+    replay.batches[1] = msgspec.structs.replace(replay.batches[0], body=None)  # as the dedupe check re-cuts one
     expected = replay.to_json()
-    (back,) = iter_replays(io.BytesIO(encode_replay(replay)))
+    frame = encode_replay(replay)
+    assert b'"events":[' in frame  # the body, as sent, is in the frame: the payload is not also there
+    (back,) = iter_replays(io.BytesIO(frame))
     assert back.to_json() == expected
-    assert all(batch.body is None for batch in back.batches)  # re-encoded when needed, not carried
+    sent = jsonio.dumps(replay.batches[0].payload)
+    for batch in back.batches:
+        assert batch.body == sent and batch.size == len(sent)
+        assert batch.payload == jsonio.loads(sent)
+
+    (lean,) = iter_replays_for_send(io.BytesIO(frame))  # the send stage: bodies only, never decoded
+    assert [batch.payload for batch in lean.batches] == [None, None]
+    assert [batch.body for batch in lean.batches] == [sent, sent]
+    assert [batch.decoded_payload() for batch in lean.batches] == [back.batches[0].payload] * 2
 
 
 def test_an_integer_beyond_64_bits_falls_back_to_exact_json(real_record):
