@@ -38,7 +38,7 @@ is identical, and whose records go to the same route (Events API connection):
 - with ``coalesce`` off every record keeps its batches: exactly today's output, one group per record.
 
 **Bodies, not payloads.** The send stage reads each replay batch as its encoded body (the stage file holds
-the body, :mod:`.stage_codec`) and merging never decodes an event: the envelope is a slice of the first
+the body, :mod:`.stage_codec`) and merging does not decode its events: the envelope is a slice of the first
 member's body, each event is its JSON as the transform encoded it (a ``msgspec.Raw`` slice of its body,
 of which only ``data.timestamp_unixtime_ms`` is decoded, to order it), and a merged batch is their
 concatenation. msgspec's compact JSON of an object is the concatenation of its members' encodings, so the
@@ -48,7 +48,7 @@ once (keys sorted at every level), so an envelope written with its keys in anoth
 A batch's payload is decoded only to dead-letter or re-cut it (:attr:`CoalescedBatch.payload`).
 
 Memory: merging must see every record of a user before it can emit the user's batches (records are not
-sorted by user), so :func:`coalesce` holds the replays it is given (their batches' bodies, ~2.5 KB per
+sorted by user), so :func:`coalesce` holds the replays it is given (their batches' bodies, ~2.4 KB per
 record as the send stage reads it) plus the encoded bodies of one group at a time. Groups are yielded one
 by one and each record's batches are released once its group is built. So that memory does not follow the shard, the
 send task cuts a shard of more than :data:`SLICE_REPLAYS` records into slices by user context
@@ -77,9 +77,11 @@ from .values import exact_int
 MAX_MAPPED_TASKS = 1024
 # The send task coalesces a shard one slice of about this many records at a time (its memory follows the
 # slice); a shard's records are cut into slices by user context, like shards.
-# bench/bench_worker.py, 200,000 records, shards of ~48,000: a send task process peaks at 308-322 MB with
-# 5,000 (336-340 MB with 10,000; ~175 MB of it is Airflow and the imports, as in every task process), at
-# the same CPU per record; smaller slices cost only more local slice files.
+# bench/bench_worker.py, 1,000,000 records: a send task process peaks at 232 MB with shards of ~48,000
+# replays and 250 MB with shards of ~119,000 (~176 MB of it is Airflow and the imports, as in every task
+# process; replays held as their batches' bodies, ~2.4 KB each). With decoded payloads (be803df, 200,000
+# records), 10,000 cost 18-32 MB more than 5,000 at the same CPU; smaller slices cost only more local
+# slice files.
 SLICE_REPLAYS = 5_000
 # Batch-level fields of the ORIGINAL quarantine batch that say who and where (the user context).
 USER_CONTEXT_FIELDS = (
@@ -363,7 +365,7 @@ def _canonical_envelope(prefix: bytes) -> bytes:
 class _Content(msgspec.Struct):
     """What merging reads of a batch's body: each event's JSON as it is, and the user attributes."""
 
-    events: list[msgspec.Raw] = []
+    events: list[msgspec.Raw] | None = None
     user_attributes: dict[str, Any] | None = None
 
 
@@ -402,7 +404,8 @@ def _content(batch: ReplayBatch) -> tuple[list[Any], Iterable[int | None], dict[
     its restored user attributes."""
     if batch.payload is None and batch.body is not None:  # as the send stage reads a stage file
         content = _decode_content(batch.body)
-        return content.events, map(_encoded_event_time, content.events), content.user_attributes or {}
+        events = content.events or []
+        return events, map(_encoded_event_time, events), content.user_attributes or {}
     payload = batch.decoded_payload()
     events = payload.get("events") or []
     return [jsonio.dumps(event) for event in events], map(event_time, events), payload.get("user_attributes") or {}
@@ -433,10 +436,13 @@ _TAIL["source_request_id"] = len(b',"source_request_id":')
 
 def _body_prefix(body: bytes, fields: dict[str, msgspec.Raw]) -> bytes | None:
     """The envelope prefix of a body laid out as every body this package encodes (the envelope's
-    fields, then ``events``, then ``user_attributes`` and ``source_request_id`` if present, compact):
-    a slice of the body, found from the lengths of the content fields' values (O(1), never a search
-    for ``"events":``, which a nested key could also spell). None for any other layout (then the
-    caller re-encodes the envelope field by field)."""
+    fields, then ``events``, then ``user_attributes`` and ``source_request_id`` if present; compact,
+    plain ASCII names, no key twice): a slice of the body, found from the lengths of the content fields'
+    values, never by searching for ``"events":`` (a nested key could spell it too). None for any other
+    body (then the caller encodes the envelope field by field): the parts' lengths must add up to the
+    body's, which only a compact body of plain distinct names does."""
+    if 2 + sum(map(len, fields)) + sum(map(len, fields.values())) + 4 * len(fields) - 1 != len(body):
+        return None  # whitespace, a name with escapes or non-ASCII, or a key twice
     tail = 1  # the closing brace
     content = 0
     for name in reversed(fields):

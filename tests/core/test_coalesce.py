@@ -121,18 +121,34 @@ def as_sent(replays: list[Replay]) -> list[Replay]:
     return staged
 
 
+def as_sent_from_an_older_version(replays: list[Replay]) -> list[Replay]:
+    """The replays as the send stage reads a stage file written before batches were kept as bodies
+    (f3e6103: msgpack of the payload, no body), e.g. by a transform that ran before an upgrade."""
+    data = b""
+    for replay in replays:
+        older = msgspec.structs.replace(
+            replay, batches=[msgspec.structs.replace(batch, body=None) for batch in replay.batches]
+        )
+        body = msgspec.msgpack.encode(older)
+        data += b"M" + len(body).to_bytes(4, "big") + body
+    staged = list(iter_replays_for_send(io.BytesIO(data)))
+    assert all(batch.body is None and batch.payload for replay in staged for batch in replay.batches)
+    return staged
+
+
 def run(replays: list[Replay], salt: str = "", *, on: bool = True) -> tuple[list[CoalescedGroup], Counter[str]]:
     """Coalesce ``replays`` in memory (payloads decoded) and as the send stage does (from the stage file:
     events merged as their JSON, never decoded): both must build exactly the same batches."""
-    staged = as_sent(replays)
+    read = [as_sent(replays), as_sent_from_an_older_version(replays)]
     counts: Counter[str] = Counter()
     groups = list(coalesce(replays, CoalesceSettings(on, salt), counts))
-    staged_counts: Counter[str] = Counter()
-    staged_groups = list(coalesce(staged, CoalesceSettings(on, salt), staged_counts))
-    assert staged_counts == counts
-    assert [(g.route, [r.ref for r in g.replays], g.batches) for g in staged_groups] == [
-        (g.route, [r.ref for r in g.replays], g.batches) for g in groups
-    ]
+    for staged in read:
+        staged_counts: Counter[str] = Counter()
+        staged_groups = list(coalesce(staged, CoalesceSettings(on, salt), staged_counts))
+        assert staged_counts == counts
+        assert [(g.route, [r.ref for r in g.replays], g.batches) for g in staged_groups] == [
+            (g.route, [r.ref for r in g.replays], g.batches) for g in groups
+        ]
     return groups, counts
 
 
@@ -399,21 +415,68 @@ def test_an_envelope_written_with_its_keys_in_another_order_is_the_same_envelope
     assert len(batch.payload["events"]) == 6 and counts["batches_after_coalescing"] == 1
 
 
-def laid_out(payload: dict[str, Any], layout: str) -> dict[str, Any]:
-    """The same payload with its fields in another order, or a nested key that spells ``"events":``."""
+def test_the_envelope_of_a_body_the_transform_wrote_is_a_slice_of_it():
+    """The fast path: for every body this package writes, the envelope is cut off the body without
+    encoding anything (the fallback, encoding it field by field, would give the same bytes: this checks
+    the slice is taken, against the envelope encoded independently)."""
+    from mparticle_backfill.coalesce import _body_prefix, _decode_fields
+
+    records = [
+        upload(device(20 + n, kind, consent=True), 5 + n, 2, number=n) for n, kind in enumerate((WEB, IOS, ANDROID))
+    ]
+    records.append(upload(device(30, WEB), 9, 1, integration_attributes={"1111": {"events": ["nested"]}}))
+    bodies = [batch.body for replay in replays_of(*records) for batch in replay.batches]
+    assert len(bodies) == 4
+    for body in bodies:
+        payload = jsonio.loads(body)
+        expected = b"{" + b"".join(
+            jsonio.dumps(k) + b":" + jsonio.dumps(v) + b"," for k, v in payload.items() if k not in CONTENT
+        )
+        assert _body_prefix(body, _decode_fields(body)) == expected
+
+
+def laid_out(payload: dict[str, Any], layout: str) -> bytes:
+    """The same payload encoded otherwise: its fields in another order, a nested key that spells
+    ``"events":``, spaces between its fields, a name with escapes, or ``events`` twice."""
     content = {name: payload[name] for name in ("events", "user_attributes", "source_request_id")}
     envelope = {name: value for name, value in payload.items() if name not in content}
     if layout == "nested_events_key":
-        return {**envelope, "integration_attributes": {"1111": {"events": [1, 2]}}, **content}
+        return jsonio.dumps({**envelope, "integration_attributes": {"1111": {"events": [1, 2]}}, **content})
     if layout == "envelope_after_events":
         environment = envelope.pop("environment")
-        return {**envelope, **content, "environment": environment}
+        return jsonio.dumps({**envelope, **content, "environment": environment})
     if layout == "attributes_first":
-        return {"user_attributes": content["user_attributes"], **envelope, **content}
+        return jsonio.dumps({"user_attributes": content["user_attributes"], **envelope, **content})
+    fields = [jsonio.dumps(name) + b":" + jsonio.dumps(value) for name, value in payload.items()]
+    if layout == "spaced":
+        return b"{" + b", ".join(fields) + b" }"
+    if layout == "escaped_name":
+        return jsonio.dumps({**envelope, 'x-"quoted"-\u00e9': 1, **content})
+    if layout == "spaced_onto_a_nested_events_key":  # the spaces move where "events": would be found
+        events = [{"events": [0], **content["events"][0]}, *content["events"][1:]]
+        head = b"".join(jsonio.dumps(name) + b":" + jsonio.dumps(value) + b"," for name, value in envelope.items())
+        tail = b',"user_attributes":%s,"source_request_id":%s}' % (
+            jsonio.dumps(content["user_attributes"]),
+            jsonio.dumps(content["source_request_id"]),
+        )
+        return b"{" + head + b'"events":' + jsonio.dumps(events) + b" " * len(b'"events":[{') + tail
+    if layout == "events_twice":
+        return b"{" + b",".join([b'"events":[{"data":{"event_id":"gone"}}]', *fields]) + b"}"
     raise AssertionError(layout)
 
 
-@pytest.mark.parametrize("layout", ["nested_events_key", "envelope_after_events", "attributes_first"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "nested_events_key",
+        "envelope_after_events",
+        "attributes_first",
+        "spaced",
+        "spaced_onto_a_nested_events_key",
+        "escaped_name",
+        "events_twice",
+    ],
+)
 def test_a_body_of_another_layout_merges_as_its_payload(layout):
     """Bodies this package writes put the envelope first, then the content, and merging slices the
     envelope off them; a body laid out otherwise, or whose envelope holds a key named "events", must
@@ -423,7 +486,7 @@ def test_a_body_of_another_layout_merges_as_its_payload(layout):
     for replay in replays:
         (batch,) = replay.batches
         assert batch.payload.get("user_attributes")
-        body = jsonio.dumps(laid_out(batch.payload, layout))
+        body = laid_out(batch.payload, layout)
         replay.batches = [ReplayBatch(batch.replay_keys, jsonio.loads(body), len(body), body)]
     expected = {k: v for k, v in replays[0].batches[0].payload.items() if k not in CONTENT}
     groups, counts = run(replays)
