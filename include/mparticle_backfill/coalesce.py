@@ -70,6 +70,7 @@ import msgspec
 
 from . import jsonio, limits
 from .model import CONTENT_FIELDS, RecordRef, Replay, ReplayBatch
+from .stage_codec import EventTime
 from .transform import _REQUEST_ID_BYTES, _request_id, _with_request_id
 from .values import exact_int
 
@@ -369,17 +370,9 @@ class _Content(msgspec.Struct):
     user_attributes: dict[str, Any] | None = None
 
 
-class _Time(msgspec.Struct):
-    timestamp_unixtime_ms: Any = None
-
-
-class _TimedEvent(msgspec.Struct):
-    data: _Time | None = None
-
-
 _decode_content = msgspec.json.Decoder(_Content).decode
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
-_decode_event_time = msgspec.json.Decoder(_TimedEvent).decode
+_decode_event_time = msgspec.json.Decoder(EventTime).decode
 
 
 def event_time(event: Any) -> int | None:

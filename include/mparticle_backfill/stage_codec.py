@@ -84,12 +84,16 @@ class _Time(msgspec.Struct):
     timestamp_unixtime_ms: Any = None
 
 
-class _EventTime(msgspec.Struct):
-    data: _Time | None = None  # an event whose data is not a map fails to decode: it is decoded whole
+class EventTime(msgspec.Struct):
+    """An event reduced to its ``data.timestamp_unixtime_ms`` (what the age filter and coalescing's
+    ordering read); decoding skips the rest. An event or ``data`` that is not a map fails to decode:
+    the caller decodes it whole."""
+
+    data: _Time | None = None
 
 
 class _SelectedTime(msgspec.Struct):
-    event: _EventTime
+    event: EventTime
 
 
 class _Ages(msgspec.Struct):
