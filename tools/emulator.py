@@ -15,7 +15,17 @@ documents, copied verbatim into ``tools/schemas/`` (see the README there):
   a batch <= 128 KB (1 KB = 1000 bytes, the strict reading), 100 attributes per event, 100 user attributes,
   names <= 256 characters, string values <= 4096, required event fields (``event_name``,
   ``custom_event_type``, ``screen_name``, ...) present *and not empty*, one user per batch (one ``mpid``, one
-  string per identity type), 64-bit integers within range and never a float.
+  string per identity type, whichever its spelling), 64-bit integers within range and never a float.
+
+What mParticle's own SDKs send, it accepts (``tests/events_api/test_official_sdk.py`` sends batches built with
+the official Python SDK, ``mparticle`` on PyPI, pinned in requirements-dev.txt, through that SDK's own client).
+Two things the SDK sends differ from the JSON schema, and mParticle takes both: the customer id identity is
+spelled ``customerid`` (the Python, Node and Ruby SDKs; the schema and the Java SDK say ``customer_id``:
+:data:`SDK_IDENTITY_SPELLINGS`), and ``AppEvent.create_attribution_event()`` sends ``custom_event_type:
+"attribution"`` on a custom event (the schema lists it for commerce events only). Both are schema patches.
+``customerid`` and ``customer_id`` are one identity type: a batch with both, holding two values, is refused
+(two users), and a data plan reads either under the IDSync name ``customerid``. Every other key of the SDK's
+models is the schema's own; values its setters allow that no document lists (``"unknown"``) stay refused.
 
 Status codes. The OpenAPI file documents 202, 400 ("malformed JSON or required fields missing"), 401, 403,
 429 and 503, nothing else; the other answers follow HTTP, as the front end of any such service gives them:
@@ -152,6 +162,14 @@ _IDENTITY_TYPES = (
     "phone_number_2",
     "phone_number_3",
 )
+# Identity keys mParticle's own server SDKs send where the schema has another spelling: SDK key -> the identity
+# type it is. ``customerid``: the official Python SDK (``mparticle`` on PyPI, pinned in requirements-dev.txt;
+# mparticle/models/user_identities.py, attribute_map ``'customerid': 'customerid'``, and mParticle's Python SDK
+# docs: ``identities.customerid = '123456'``), its Node SDK (src/model/UserIdentities.js) and its Ruby SDK
+# (lib/mparticle/models/user_identities.rb) all send it; its Java SDK sends ``customer_id``. mParticle takes
+# both. Every other key of those SDKs' models (identities, device_info, events, commerce) is the schema's own.
+# Both spellings are one identity type: present together they must carry one value (one user per batch).
+SDK_IDENTITY_SPELLINGS: dict[str, str] = {"customerid": "customer_id"}
 # The schema's Uuid pattern (device ids, mp_deviceid, source_message_id, session_uuid).
 _UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 # Definitions of objects that say nothing of their type.
@@ -192,8 +210,20 @@ SCHEMA_PATCHES: dict[str, Any] = {
         "properties": {"event_type": {"$ref": "#/definitions/EventType"}, "data": {"type": "object"}},
     },
     # Identities stop at other_id_4 here; the OpenAPI description (and mParticle's docs) list up to other_id_10
-    # and the three phone numbers, which mParticle's own quarantine output carries.
-    "/properties/user_identities/properties": {name: _STRING for name in _IDENTITY_TYPES},
+    # and the three phone numbers, which mParticle's own quarantine output carries. The SDK spellings
+    # (:data:`SDK_IDENTITY_SPELLINGS`: ``customerid``, what mParticle's Python, Node and Ruby SDKs send) too;
+    # any other key stays refused.
+    "/properties/user_identities/properties": {name: _STRING for name in (*_IDENTITY_TYPES, *SDK_IDENTITY_SPELLINGS)},
+    # custom_event_type "attribution" on a custom event: the official Python SDK's own
+    # AppEvent.create_attribution_event() and create_attribution_delete_event() send it (its AppEvent setter
+    # allows it), and mParticle's docs show such events (event_name and custom_event_type "attribution", the
+    # Adjust feed's sample JSON). The schema lists it only for commerce events. The SDK's setters also allow
+    # "unknown" (for this and the other enums); no SDK factory or default sends it and no document lists it,
+    # so it stays refused.
+    "/definitions/CustomEvent/properties/data/allOf/1/properties/custom_event_type/enum": [
+        *("navigation", "location", "search", "transaction", "user_content", "user_preference", "social"),
+        *("other", "media", "attribution"),
+    ],
     # 64-bit ids are typed integer, but mParticle takes them as decimal strings too (its web SDK sends mpid as
     # a string, its quarantine output writes every id as one: JavaScript has no 64-bit integers).
     "/properties/mpid": _INT64_ID,
@@ -244,6 +274,10 @@ USER_IDENTITY_IDSYNC_NAMES: dict[str, tuple[str, ...]] = {
     "phone_number_2": ("phone_number_2",),
     "phone_number_3": ("phone_number_3",),
 }
+# An SDK spelling goes by the IDSync names of the identity type it is (customerid -> customerid).
+USER_IDENTITY_IDSYNC_NAMES.update(
+    {sdk: USER_IDENTITY_IDSYNC_NAMES[name] for sdk, name in SDK_IDENTITY_SPELLINGS.items()}
+)
 # Events API ``device_info`` identity keys -> IDSync names (a plan's user_identities point covers both).
 DEVICE_IDENTITY_IDSYNC_NAMES: dict[str, tuple[str, ...]] = {
     "ios_advertising_id": ("ios_idfa",),
@@ -500,9 +534,18 @@ def _limit_problems(batch: Mapping[str, Any], required: Mapping[str, tuple[str, 
     if len(user_attributes) > MAX_USER_ATTRIBUTES:
         yield "$.user_attributes", f"{len(user_attributes)} user attributes, more than {MAX_USER_ATTRIBUTES}"
     yield from _attribute_problems(user_attributes, "$.user_attributes", "user attribute")
-    for name, value in (batch.get("user_identities") or {}).items():
+    identities = batch.get("user_identities") or {}
+    for name, value in identities.items():
         if value is not None and not isinstance(value, str):
             yield f"$.user_identities.{name}", f"{_short(value)} is not one string (one user per batch)"
+    # An identity type sent under both its spellings carries one value (None or "" is no value).
+    for spelling, name in SDK_IDENTITY_SPELLINGS.items():
+        value, other = identities.get(spelling), identities.get(name)
+        if value not in (None, "") and other not in (None, "") and value != other:
+            yield (
+                f"$.user_identities.{spelling}",
+                f"{_short(value)} and {name} {_short(other)} are two values of one identity type (one user per batch)",
+            )
 
 
 def _products(data: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -697,8 +740,13 @@ class PlanVersion:
         user_identities: list[str] = []
         device_identities: list[str] = []
         if "user_identities" in block and (allowed := self.user_identities) is not None:
+            seen: set[str] = set()  # identity types: both spellings of one (one value, checked) count once
             for name, value in (batch.get("user_identities") or {}).items():
-                if value is not None and not allowed.intersection(USER_IDENTITY_IDSYNC_NAMES.get(name, (name,))):
+                identity_type = SDK_IDENTITY_SPELLINGS.get(name, name)
+                if value is None or identity_type in seen:
+                    continue
+                seen.add(identity_type)
+                if not allowed.intersection(USER_IDENTITY_IDSYNC_NAMES.get(name, (name,))):
                     user_identities.append(name)
             device_info = batch.get("device_info") or {}
             for name, idsync_names in DEVICE_IDENTITY_IDSYNC_NAMES.items():
