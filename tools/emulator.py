@@ -41,7 +41,10 @@ Like mParticle it answers 202 to what it accepts, 401/403 to missing or wrong Ba
 repeated ``source_request_id`` (``duplicates_dropped``) or ``batch_id`` (``batch_id_duplicates_dropped``;
 batch fields only mParticle sets, ``batch_id``/``timestamp_unixtime_ms``/``source_info``, are accepted as in
 mParticle's sample but counted in ``batches_with_server_set_fields``). It injects faults on demand (5xx at a
-rate, slow answers, dropped connections, ``POST /_emulator/fail-next``).
+rate, slow answers, dropped connections, ``POST /_emulator/fail-next``: a status code, ``0`` to drop the
+connection before processing, ``"lost"`` to process the request and drop the connection before answering),
+and refuses requests holding an event of a name it is told to refuse (``--refuse-event``,
+``refuse_events=``), as mParticle does for rules no published schema shows.
 
 Data plans (``--data-plan FILE``, ``data_plans=``) in the Data Planning API's format (a version document or a
 whole plan): an accepted batch whose ``context.data_plan`` names a loaded plan (``plan_version``, or without
@@ -860,6 +863,7 @@ class EmulatorState:
         seed: int | None = None,
         data_plans: Iterable[Any] = (),
         block: Iterable[str] = BLOCK_CATEGORIES,
+        refuse_events: Iterable[str] = (),
     ) -> None:
         self.api_key = api_key
         self.api_secret = api_secret
@@ -877,7 +881,11 @@ class EmulatorState:
         self.source_request_ids: set[str] = set()
         self.batch_ids: set[str] = set()
         self.stats: Counter[str] = Counter()
-        self.fail_next: list[Any] = []  # answers forced on the next requests (tests): 0 drops, None passes
+        self.fail_next: list[Any] = []  # answers forced on the next requests (tests): 0 drops, None passes,
+        # "lost" processes the request and drops the connection before answering, a status code answers it
+        # Event names (custom events' event_name, screen views' screen_name) refused whole, as a rule mParticle
+        # applies server-side that no published schema shows (a value outside an enum, a blocked name).
+        self.refuse_events: set[str] = set(refuse_events)
 
     def bump(self, name: str) -> None:
         with self.lock:
@@ -891,6 +899,21 @@ class EmulatorState:
             self.batch_ids.clear()
             self.stats.clear()
             self.fail_next.clear()
+
+    def check_rules(self, batches: list[dict[str, Any]]) -> None:
+        """Raise :class:`RequestRefused` (400, the whole request) for a batch holding a refused event name."""
+        if not self.refuse_events:
+            return
+        for index, batch in enumerate(batches):
+            for position, event in enumerate(batch.get("events") or ()):
+                data = event.get("data") or {}
+                for field_name in ("event_name", "screen_name"):
+                    if data.get(field_name) in self.refuse_events:
+                        raise RequestRefused(
+                            400,
+                            f"batch {index}: $.events[{position}].data.{field_name}: "
+                            f"{data[field_name]!r} is refused by a rule of this input",
+                        )
 
     def accept(self, batches: list[dict[str, Any]]) -> None:
         with self.lock:
@@ -1067,6 +1090,9 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             forced = state.fail_next.pop(0) if state.fail_next else None
             roll = state.random.random()
+        lose_answer = forced == "lost"  # processed as usual, then the connection is dropped before the answer
+        if lose_answer:
+            forced, roll = None, 1.0
         if forced == 0 or (forced is None and roll < state.drop_rate / 2):
             state.bump("connections_dropped")
             self._drop()  # lost before mParticle processed it
@@ -1081,6 +1107,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             batches = state.contract.batches(path, body)
+            state.check_rules(batches)
         except RequestRefused as refusal:
             state.bump(f"status_{refusal.status}")
             log.info("Refused a request to %s: %s", path, refusal.message)
@@ -1097,7 +1124,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         state.accept(batches)
         state.bump("status_202")
-        if state.random.random() < state.drop_rate / 2:
+        if lose_answer or state.random.random() < state.drop_rate / 2:
             state.bump("connections_dropped")
             self._drop()  # processed, but the answer is lost: the client will resend
             return
@@ -1170,6 +1197,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 503")
     parser.add_argument("--drop-rate", type=float, default=0.0, help="share of connections dropped")
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--refuse-event",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="refuse (400) any request holding an event of this name, as a server-side rule; repeatable",
+    )
     parser.add_argument("--record", type=Path, default=None, help="append accepted batches to this JSONL file")
     parser.add_argument(
         "--data-plan",
@@ -1200,6 +1234,7 @@ def main(argv: list[str] | None = None) -> None:
             rate=args.rate,
             fail_rate=args.fail_rate,
             drop_rate=args.drop_rate,
+            refuse_events=args.refuse_event,
             latency_ms=args.latency_ms,
             record=args.record,
             data_plans=args.data_plan,

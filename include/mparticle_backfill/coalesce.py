@@ -62,7 +62,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,7 +272,7 @@ class CoalescedBatch(msgspec.Struct, frozen=True):
 
 
 class CoalescedGroup(msgspec.Struct):
-    """The records of one envelope and route, and the batches that deliver all of them.
+    """The records of one envelope, route and user context, and the batches that deliver all of them.
 
     Every record is in exactly one group, so once a group is yielded the number of batches each of its
     records waits on is known (:func:`batches_per_record`). ``replays`` are the records themselves (for
@@ -282,6 +282,7 @@ class CoalescedGroup(msgspec.Struct):
     route: str
     replays: list[Replay]
     batches: list[CoalescedBatch]
+    context_hash: int = 0  # of every record of the group (:func:`user_context_hash`): where it is sharded
 
 
 def batches_per_record(batches: Iterable[CoalescedBatch]) -> Counter[RecordRef]:
@@ -331,12 +332,16 @@ def coalesce(replays: Iterable[Replay], settings: CoalesceSettings, counts: Coun
         if not replay.batches:  # nothing to send (the send stage never gets one): still never lost
             yield _unchanged(replay, counts)
             continue
-        encodings.setdefault((_route(replay), _envelope_prefix(replay.batches[0])), []).append(replay)
+        key = (_route(replay), replay_context_hash(replay), _envelope_prefix(replay.batches[0]))
+        encodings.setdefault(key, []).append(replay)
     # Envelopes equal as JSON values are one envelope, whatever the order of their keys at any level:
     # each distinct encoding is made canonical once (nearly always, a user's records encode it alike).
-    groups: dict[tuple[str, bytes], list[Replay]] = {}
-    for (route, prefix), members in encodings.items():
-        groups.setdefault((route, _canonical_envelope(prefix)), []).extend(members)
+    # Records of different user contexts are never merged, even when a fix rule made their envelopes
+    # equal: a merged batch then lies in one shard and one slice whatever their counts, so the send
+    # journal's entries are each resent by exactly one shard (:mod:`.journal`).
+    groups: dict[tuple[str, int, bytes], list[Replay]] = {}
+    for (route, context, prefix), members in encodings.items():
+        groups.setdefault((route, context, _canonical_envelope(prefix)), []).extend(members)
     encodings.clear()
     # Deterministic whatever the input order: records by their place, groups by their first record.
     ordered = sorted((sorted(members, key=_ref_order) for members in groups.values()), key=lambda m: _ref_order(m[0]))
@@ -468,7 +473,7 @@ def _unchanged(replay: Replay, counts: Counter[str]) -> CoalescedGroup:
     replay.batches = []
     counts["batches_before_coalescing"] += len(batches)
     counts["batches_after_coalescing"] += len(batches)
-    return CoalescedGroup(_route(replay), [replay], batches)
+    return CoalescedGroup(_route(replay), [replay], batches, replay_context_hash(replay))
 
 
 class _Event(msgspec.Struct):
@@ -535,7 +540,7 @@ def _merge(members: list[Replay], salt: str, counts: Counter[str]) -> CoalescedG
     counts["batches_after_coalescing"] += len(batches)
     shared = {ref for batch in batches if len(batch.members) > 1 for ref, _ in batch.members}
     counts["records_coalesced"] += len(shared)
-    return CoalescedGroup(_route(members[0]), members, batches)
+    return CoalescedGroup(_route(members[0]), members, batches, replay_context_hash(members[0]))
 
 
 def _latest_wins(units: list[_Attributes], counts: Counter[str]) -> int:
@@ -644,14 +649,59 @@ def _batch(encoded: bytes, events: list[_Event], units: list[_Attributes], salt:
     return CoalescedBatch(members, tuple(keys), body, len(body), attribute_names)
 
 
-def without_delivered(batch: CoalescedBatch, done: list[bool], salt: str = "") -> CoalescedBatch:
-    """``batch`` minus the parts whose replay keys are ``done`` (an earlier try delivered them in a batch of
-    another make-up), with its own ``source_request_id``; members left with nothing are no longer members.
+def split_members(batch: CoalescedBatch) -> tuple[CoalescedBatch, CoalescedBatch] | None:
+    """A merged batch the API refused, cut in two halves by its members (the first ``n // 2`` members, in
+    their order, and the rest), each with its members' events, in order, and user attributes; None for a
+    batch of one member (nothing left to cut: that record is what the API refuses).
 
-    Rare: a retry coalesces the same stage file into the same batches, so a batch is either wholly in the
-    ledger or not at all; this covers a ledger written by another version or another shard count.
+    Deterministic: the same batch always gives the same halves, with the same ``source_request_id``
+    (the sha256 of the refused batch's id and the half's sorted keys), so a retry or a later run that
+    resends the refused batch (:mod:`.journal`) and cuts it again sends halves mParticle can drop as
+    repeats. Each half is no larger than the batch it comes from.
     """
-    keep = {key for key, already in zip(batch.replay_keys, done, strict=True) if not already}
+    if len(batch.members) < 2:
+        return None
+    middle = len(batch.members) // 2
+    return _part(batch, batch.members[:middle]), _part(batch, batch.members[middle:])
+
+
+def parts_to_resend(batch: CoalescedBatch, accepted: Set[str], refused: Set[str] = frozenset()) -> list[CoalescedBatch]:
+    """What of ``batch`` (sent before, its answer maybe lost) to send again, given the keys ``accepted``
+    since (in the ledger) and the ids of the batches ``refused`` since: the batch itself, verbatim, when
+    nothing of it was answered; nothing when all of it was; else its halves (:func:`split_members`),
+    recursively: the very batches its refusal had been cut into, so that those mParticle accepted are
+    dropped as repeats, those it refused are not sent again, and the rest goes out once."""
+    if refused and request_id_of(batch) in refused:
+        return []
+    done = sum(key in accepted for key in batch.replay_keys)
+    if done == len(batch.replay_keys):
+        return []
+    if done == 0 and not refused:
+        return [batch]
+    halves = split_members(batch)
+    if halves is None:
+        return [batch]
+    parts = [part for half in halves for part in parts_to_resend(half, accepted, refused)]
+    if done == 0 and parts == list(halves):  # no part of it was answered: the batch as it was sent
+        return [batch]
+    return parts
+
+
+_REQUEST_ID_TAIL = b'"source_request_id":"'
+
+
+def request_id_of(batch: CoalescedBatch) -> str:
+    """A batch's ``source_request_id`` (the last field of every body this package builds)."""
+    body = batch.body
+    start = len(body) - 38 - len(_REQUEST_ID_TAIL)
+    if body.endswith(b'"}') and body[start : start + len(_REQUEST_ID_TAIL)] == _REQUEST_ID_TAIL:
+        return body[-38:-2].decode()
+    return str(batch.payload.get("source_request_id") or "")
+
+
+def _part(batch: CoalescedBatch, members: tuple[tuple[RecordRef, tuple[str, ...]], ...]) -> CoalescedBatch:
+    """The part of ``batch`` that ``members`` contribute, with its own ``source_request_id``."""
+    keep = {key for _, keys in members for key in keys}
     original = batch.payload  # decoded once
     payload = {name: value for name, value in original.items() if name not in CONTENT_FIELDS}
     events = original.get("events") or []
@@ -665,13 +715,8 @@ def without_delivered(batch: CoalescedBatch, done: list[bool], salt: str = "") -
         if attributes:
             payload["user_attributes"] = attributes
     keys = tuple(key for key in batch.replay_keys if key in keep)
-    request_id = _request_id(_COALESCED + ":part", salt, jsonio.dumps(sorted(keys)))
-    payload["source_request_id"] = request_id
+    parent = str(original.get("source_request_id") or "")
+    payload["source_request_id"] = _request_id(_COALESCED + ":split", parent, jsonio.dumps(sorted(keys)))
     body = jsonio.dumps(payload)
-    members = tuple(
-        (ref, tuple(key for key in member_keys if key in keep))
-        for ref, member_keys in batch.members
-        if any(key in keep for key in member_keys)
-    )
     attribute_names = tuple((key, names) for key, names in batch.attribute_names if key in keep)
     return CoalescedBatch(members, keys, body, len(body), attribute_names)

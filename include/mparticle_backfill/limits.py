@@ -43,13 +43,29 @@ REQUIRED_EVENT_FIELDS: Mapping[str, tuple[str, ...]] = {
     "user_identity_change": ("new", "old"),
     "uninstall": (),
 }
+# "attribution": what mParticle's official Python SDK sends for its attribution events
+# (AppEvent.create_attribution_event), and mParticle takes (the schema lists it for commerce events only).
 CUSTOM_EVENT_TYPES = frozenset(
-    {"navigation", "location", "search", "transaction", "user_content", "user_preference", "social", "other", "media"}
+    {
+        "navigation",
+        "location",
+        "search",
+        "transaction",
+        "user_content",
+        "user_preference",
+        "social",
+        "other",
+        "media",
+        "attribution",
+    }
 )
+# "customerid": the customer id as mParticle's official Python, Node and Ruby SDKs spell it (mParticle
+# takes both spellings; quarantined batches of those SDKs carry it).
 USER_IDENTITY_TYPES = frozenset(
     {
         "other",
         "customer_id",
+        "customerid",
         "facebook",
         "twitter",
         "google",

@@ -14,6 +14,7 @@ from .coalesce import ledger_part_may_hold
 from .errors import InvalidSettings
 from .filter_by_age import DEFAULT_MAX_AGE_DAYS, AgeWindow
 from .fixes import FixRule, compile_rules
+from .journal import HASH_VERSION
 from .partition import DATE_FOLDERS, LAYOUTS, PartitionLayout
 from .plan_check import infer_blocking
 from .plan_gate import HOLD, OFF, PlanGate
@@ -384,7 +385,24 @@ class StatePaths:
         unique to it), so no try, retry or concurrent zombie of a task can overwrite the parts another one
         wrote. The shard count in the name lets a run with another count find every key
         (:func:`ledger_part_wanted`)."""
-        return f"{self.ledger_run_prefix}shard-{shard:05d}-of-{shards:05d}-{attempt}-{sequence:05d}.txt"
+        return f"{self.ledger_run_prefix}shard-{shard:05d}-of-{shards:05d}-h{HASH_VERSION}-{attempt}-{sequence:05d}.txt"
+
+    @property
+    def journal_prefix(self) -> str:
+        """The send journal (:mod:`.journal`): batches written down before they are sent, kept only
+        until they are answered."""
+        return f"{self.partition}/journal/"
+
+    @property
+    def journal_run_prefix(self) -> str:
+        return f"{self.journal_prefix}{self.run_key}/"
+
+    def journal_part(self, shard: int, shards: int, attempt: str, sequence: int, kind: str) -> str:
+        """A journal part of send shard ``shard`` of ``shards``: ``kind`` ``sent`` (entries, msgpack in
+        zstd) or ``refused`` (ids of refused batches, one a line). Named as ledger parts are, with the
+        version of the user-context hash that placed its entries."""
+        suffix = "sent.msgpack.zst" if kind == "sent" else "refused.txt"
+        return f"{self.journal_run_prefix}shard-{shard:05d}-of-{shards:05d}-h{HASH_VERSION}-{attempt}-{sequence:05d}.{suffix}"
 
     def transform_output(self, chunk: int, shard: int) -> str:
         """Transform writes each chunk's replays to the shard of their user context."""
@@ -422,20 +440,37 @@ class StatePaths:
         return f"{self.partition}/lock.json"
 
 
-_LEDGER_PART = re.compile(r"(?:^|/)shard-(\d{5})-of-(\d{5})-[^/]*$")
+_LEDGER_PART = re.compile(r"(?:^|/)shard-(\d{5})-of-(\d{5})-(?:h(\d+)-)?[^/]*$")
+
+
+def part_placement(key: str) -> tuple[int, int, int] | None:
+    """(shard, shard count, hash version) of a ledger or journal part's name; None for a part written
+    before shards (``chunk-...``) or of an unknown name. A name without a version was written before
+    versions were named, under version 1."""
+    found = _LEDGER_PART.search(key)
+    if found is None:
+        return None
+    return int(found.group(1)), int(found.group(2)), int(found.group(3) or 1)
 
 
 def ledger_part_wanted(key: str, shard: int, shards: int) -> bool:
-    """Whether send shard ``shard`` of ``shards`` must read the ledger part ``key``: a part of a sharded
-    run only if it may hold keys of that shard (the gcd rule of :func:`.coalesce.ledger_part_may_hold`);
-    a part written before shards (``chunk-...``) or of an unknown name always."""
-    found = _LEDGER_PART.search(key)
-    if found is None:
+    """Whether send shard ``shard`` of ``shards`` must read the ledger (or journal) part ``key``: a part
+    of a sharded run only if it may hold keys of that shard (the gcd rule of
+    :func:`.coalesce.ledger_part_may_hold`); a part written before shards (``chunk-...``), of an unknown
+    name, or under another version of the user-context hash (:data:`.journal.HASH_VERSION`) always."""
+    placement = part_placement(key)
+    if placement is None:
         return True
-    part_shard, part_shards = int(found.group(1)), int(found.group(2))
-    if not 0 <= part_shard < part_shards:
+    part_shard, part_shards, version = placement
+    if version != HASH_VERSION or not 0 <= part_shard < part_shards:
         return True
     return ledger_part_may_hold(part_shards, part_shard, shards, shard)
+
+
+def part_owned(key: str, shard: int, shards: int) -> bool:
+    """Whether a part holds keys or entries of shard ``shard`` of ``shards`` only (same shard, same
+    count, same hash version): what a send try may remove once everything in it was answered."""
+    return part_placement(key) == (shard, shards, HASH_VERSION)
 
 
 def run_key(run_id: str) -> str:

@@ -92,6 +92,7 @@ class RequestResult:
     http_requests: int = 0
     retries: int = 0
     throttled: int = 0
+    split: int = 0  # refused merged batches cut in two to send their records apart
     error: BaseException | None = None  # why the request stopped before every batch was answered
 
 
@@ -142,7 +143,10 @@ class EventsApiClient:
 
     - 202: every batch of the request is accepted.
     - 400: mParticle refuses the whole request; it is split in halves and resent, recursively, until
-      the refused batches are isolated and returned as rejected with the API's message.
+      the refused batches are isolated and returned as rejected with the API's message. A refused batch
+      merged from several records is cut in two by its records (:meth:`.OutgoingBatch.split`) and each
+      half sent alone, recursively, so that only the records the API refuses are rejected: one bad event
+      never costs the other records of its user.
     - 401/403: :class:`CredentialsRefused` at once, never retried; everything stops.
     - 429 (waits ``Retry-After`` if given), 5xx, timeouts, dropped connections: retried with
       exponential backoff and jitter up to ``max_retries``, then :class:`TransientSendError`.
@@ -241,8 +245,15 @@ class EventsApiClient:
             result.accepted.extend(batches)
             self._count(len(batches), 0, message)
         elif len(batches) == 1:
-            result.rejected.append((batches[0], message))
-            self._count(1, 1, message)
+            halves = batches[0].split()
+            if halves is None:
+                result.rejected.append((batches[0], message))
+                self._count(1, 1, message)
+                return
+            # A merged batch: send its records apart, so that only those the API refuses are dead-lettered.
+            result.split += 1
+            for half in halves:
+                self._send_part([half], result)
         else:
             middle = len(batches) // 2
             self._send_part(batches[:middle], result)

@@ -15,28 +15,38 @@ from airflow.sdk.exceptions import AirflowFailException
 from mparticle_backfill import stage_codec
 from mparticle_backfill.accounting import Summary
 from mparticle_backfill.coalesce import (
+    CoalescedBatch,
     CoalescedGroup,
     CoalesceSettings,
     coalesce,
+    member_payload,
     replay_context_hash,
+    request_id_of,
     slice_count_for,
     slice_of,
 )
 from mparticle_backfill.errors import CredentialsRefused, InvalidSettings, RequestRefused, TooManyRejections
-from mparticle_backfill.model import Replay
+from mparticle_backfill.journal import to_resend
+from mparticle_backfill.model import DEAD_LETTERED, REPLAYED, DeadLetter, DeadLetterSink, Replay
 from mparticle_backfill.send import (
     ACCEPTED_BY_EARLIER_TRY,
+    REJECTED_BY_API,
+    RESENT_FROM_JOURNAL,
     BulkRequest,
+    OutgoingBatch,
     SendTracker,
+    pack,
     pack_groups,
     payloads,
-    skip_delivered,
+    refusal_detail,
+    skip_accepted,
 )
-from mparticle_backfill.settings import StatePaths
+from mparticle_backfill.settings import StatePaths, part_owned
 
 from . import tasks
 from .gc_policy import bulk_collection
 from .links import BackfillReportLink, DeadLettersLink, s3_browser_url
+from .send_journal import JournalState, JournalWriter, read_journal
 
 if TYPE_CHECKING:  # the hooks (boto3, requests) are imported when a task runs, not when the DAG is parsed
     from .events_api_client import RequestResult
@@ -140,13 +150,26 @@ class MParticleSendOperator(BaseOperator):
         index, shards = chunk["chunk"], chunk["chunks"]
         stage_file = paths.shard_output("dedupe_check", index)
         try_number = int(getattr(context.get("ti"), "try_number", 1) or 1)
-        ledger = LedgerWriter(s3, bucket, paths, index, shards, f"try{try_number}-{uuid.uuid4().hex[:8]}")
+        attempt = f"try{try_number}-{uuid.uuid4().hex[:8]}"
+        ledger = LedgerWriter(s3, bucket, paths, index, shards, attempt)
+        journal = JournalWriter(s3, bucket, paths, index, shards, attempt)
         accepted: set[str] = set()
         salt = tasks.request_id_salt(chunk)
-        if not settings.dry_run and try_number > 1:
-            # What earlier tries of this run had accepted (a forced run reads only its own parts).
-            prefix = paths.ledger_run_prefix if settings.force else paths.ledger_prefix
-            accepted = s3.read_ledger(bucket, prefix, shard=(index, shards))
+        found = JournalState()
+        if not settings.dry_run:
+            # The send journal first: batches an earlier try or run wrote down and sent, whose answer may have
+            # been lost (a forced run reads only its own). Then what earlier tries of this run had accepted.
+            found = read_journal(
+                s3, bucket, paths.journal_run_prefix if settings.force else paths.journal_prefix, index, shards
+            )
+            if try_number > 1 or found.entries:
+                prefix = paths.ledger_run_prefix if settings.force else paths.ledger_prefix
+                accepted = s3.read_ledger(bucket, prefix, shard=(index, shards))
+        resend = to_resend(found.entries, accepted, found.refused, index, shards)
+        summary.counts["journal_entries_read"] += len(found.entries)
+        # The batches earlier tries of this run built count as built: the report's coalescing factor is the
+        # run's, not only this try's (the replay batches they merged are counted as this try skips them).
+        summary.counts["batches_after_coalescing"] += found.built_by_run(paths.journal_run_prefix, index, shards)
         # Coalescing holds what it merges: a shard of many records is coalesced a slice (by user context) at a time.
         slices = slice_count_for(int(chunk.get("replays") or 0)) if settings.coalesce else 1
         if settings.coalesce:
@@ -161,41 +184,66 @@ class MParticleSendOperator(BaseOperator):
             ShardSlices(s3, bucket, stage_file, shards, slices) as shard,
             s3.stage_file(bucket, paths.dead_letters("send", index, "shard"), upload_empty=False) as dead,
         ):
+            beat = lambda: tasks.heartbeat(chunk, s3)  # noqa: E731
             for route in routes:
                 connection = route or self.mparticle_conn_id
+                # 1. Batches sent before whose answer may have been lost: again, verbatim (mParticle drops a
+                # repeat by its source_request_id). What they answer is not coalesced again.
+                answered: dict[str, tuple[str, str]] = {}
+                mine = [batch for entry_route, batch in resend if (entry_route or self.mparticle_conn_id) == connection]
+                if mine:
+                    resent = JournalResend(summary, dead.write_dead_letter, answered)
+                    requests = pack(resent.batches(mine))
+                    try:
+                        self._send(connection, requests, resent, ledger, journal, summary, beat)
+                    except Exception as error:
+                        failures[connection] = error
+                        self.log.error("send shard %d: route %s stopped resending: %s", index + 1, connection, error)
+                        continue  # nothing of this route is coalesced while a batch sent before is unanswered
                 tracker = SendTracker(summary, dead.write_dead_letter)
-                # Each user's batches merged into as few as the limits allow (off: one group per record). The
-                # same stage file always gives the same batches: a retry skips those an earlier try delivered.
+                # 2. The rest, each user's batches merged into as few as the limits allow (off: one group per
+                # record). Every batch is written to the journal before it is sent.
                 groups: Iterable[CoalescedGroup] = itertools.chain.from_iterable(
                     coalesce(
-                        only_route(replays, route, self.mparticle_conn_id),
+                        skip_accepted(
+                            only_route(replays, route, self.mparticle_conn_id), accepted, summary, salt, answered
+                        ),
                         CoalesceSettings(settings.coalesce, salt),
                         summary.counts,
                     )
                     for replays in shard.slices()
                 )
-                if not settings.dry_run:
-                    groups = skip_delivered(groups, accepted, summary, salt)
                 requests_to_send = pack_groups(groups, tracker)
                 if settings.dry_run:
                     self._dry_run(s3, bucket, paths, index, route, requests_to_send, tracker, summary)
                     continue
                 try:
                     self._send(
-                        connection, requests_to_send, tracker, ledger, summary, lambda: tasks.heartbeat(chunk, s3)
+                        connection, journal.journaled(requests_to_send, route), tracker, ledger, journal, summary, beat
                     )
                 except Exception as error:
                     failures[connection] = error
                     self.log.error("send shard %d: route %s stopped: %s", index + 1, connection, error)
+        removed = 0
+        if not failures and not settings.dry_run:
+            # Everything written down was answered (accepted into the ledger, or refused): the journal parts of
+            # this shard are done with. Refusals are kept while a part of another shard count may need them.
+            keep_refused = any(not part_owned(key, index, shards) for key in found.parts)
+            removed = journal.remove_answered(found.parts, keep_refused)
+        summary.counts["journal_batches_written"] += journal.entries
         self.log.info(
             "send shard %d/%d (try %d, %d replays in %d slices): %d replay batches coalesced into %d; %d requests, %d retries, %d throttled, "
-            "%d batches accepted, %d rejected, %d skipped (accepted by an earlier try), %d replay keys added to "
-            "the ledger%s\n%s",
+            "%d batches accepted, %d rejected (%d refused merged batches sent apart by record), %d skipped (accepted "
+            "by an earlier try), %d replay keys added to the ledger; journal: %d entries read, %d batches resent "
+            "from it, %d written, %d parts removed%s\n%s",
             index + 1, shards, try_number, int(chunk.get("replays") or 0), slices,
             summary.counts["batches_before_coalescing"],
             summary.counts["batches_after_coalescing"], summary.counts["requests"], summary.counts["retries"],
             summary.counts["throttled"], summary.counts["batches_accepted"], summary.counts["batches_rejected"],
+            summary.counts["batches_split"],
             summary.counts[f"batches_skipped:{ACCEPTED_BY_EARLIER_TRY}"], ledger.written,
+            summary.counts["journal_entries_read"], summary.counts["journal_batches_resent"],
+            journal.entries, removed,
             " (DRY RUN: nothing sent)" if settings.dry_run else "", summary.render("send"),
         )  # fmt: skip
         if failures:
@@ -229,8 +277,9 @@ class MParticleSendOperator(BaseOperator):
         self,
         connection: str,
         requests_to_send: Iterable[BulkRequest],
-        tracker: SendTracker,
+        tracker: SendTracker | JournalResend,
         ledger: LedgerWriter,
+        journal: JournalWriter,
         summary: Summary,
         heartbeat: Callable[[], None],
     ) -> None:
@@ -251,12 +300,15 @@ class MParticleSendOperator(BaseOperator):
             summary.counts["http_requests"] += result.http_requests
             summary.counts["retries"] += result.retries
             summary.counts["throttled"] += result.throttled
+            summary.counts["batches_split"] += result.split
             summary.counts[f"route:{connection}:batches_accepted"] += len(result.accepted)
             summary.counts[f"route:{connection}:batches_rejected"] += len(result.rejected)
             for batch in result.accepted:
                 ledger.add(batch.replay_keys)
                 tracker.accepted(batch)
             for batch, message in result.rejected:
+                if batch.coalesced is not None:
+                    journal.refused(request_id_of(batch.coalesced))
                 tracker.rejected(batch, message)
             if time.monotonic() - last_heartbeat >= self.heartbeat_seconds:
                 heartbeat()
@@ -269,8 +321,53 @@ class MParticleSendOperator(BaseOperator):
             raise AirflowFailException(f"connection {connection!r}: {error}") from None
         finally:
             ledger.flush()  # whatever happened, every key the API accepted reaches the ledger
+            journal.flush_refused()  # and every batch it refused is answered in the journal
         if tracker.waiting:
             raise RuntimeError(f"{tracker.waiting} records got no answer from the Events API ({connection})")
+
+
+class JournalResend:
+    """Answers to the batches resent from the send journal (sent before, their answer maybe lost), by
+    replay key, for the records of this try's shard that they deliver (:func:`.send.skip_accepted`).
+
+    The records themselves are not here (they may be in this run's shard, or no longer: aged out of the
+    window, held); they end when the shard is read. A refused batch is dead-lettered here, each record's
+    part of it, as the send stage does.
+    """
+
+    def __init__(self, summary: Summary, dead_letter: DeadLetterSink, answered: dict[str, tuple[str, str]]) -> None:
+        self.summary, self.dead_letter, self.answered = summary, dead_letter, answered
+        self._waiting = 0
+
+    def batches(self, batches: Iterable[CoalescedBatch]) -> Iterator[OutgoingBatch]:
+        for batch in batches:
+            self._waiting += len(batch.replay_keys)
+            self.summary.counts["journal_batches_resent"] += 1
+            yield OutgoingBatch(batch.members[0][0], batch.replay_keys, batch.body, batch)
+
+    def accepted(self, batch: OutgoingBatch, reason: str = "sent") -> None:
+        self._waiting -= len(batch.replay_keys)  # the parts of a batch cut in two hold its keys once
+        self.summary.counts["journal_batches_accepted"] += 1
+        self.summary.counts["batches_accepted"] += 1
+        for key in batch.replay_keys:
+            self.answered[key] = (REPLAYED, RESENT_FROM_JOURNAL)
+
+    def rejected(self, batch: OutgoingBatch, message: str) -> None:
+        self._waiting -= len(batch.replay_keys)
+        self.summary.counts["journal_batches_rejected"] += 1
+        self.summary.counts["batches_rejected"] += 1
+        detail = refusal_detail(batch, message)
+        assert batch.coalesced is not None
+        for ref in batch.refs:
+            content = member_payload(batch.coalesced, ref) if len(batch.refs) > 1 else batch.coalesced.payload
+            self.dead_letter(DeadLetter(ref, "send", REJECTED_BY_API, detail, content))
+        for key in batch.replay_keys:
+            self.answered[key] = (DEAD_LETTERED, REJECTED_BY_API)
+
+    @property
+    def waiting(self) -> int:
+        """Replay keys resent and not yet answered."""
+        return self._waiting
 
 
 class ShardSlices:

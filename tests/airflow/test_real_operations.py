@@ -70,7 +70,9 @@ def test_a_send_that_fails_half_way_is_retried_by_airflow_and_sends_only_the_res
     parts = ledger_keys(s3)
     keys = [key for part in parts.values() for key in part]
     assert len(keys) == len(set(keys)) == 250 * 3  # two events and the user attributes of each record
-    tries = {key.rsplit("/", 1)[-1].split("-")[4] for key in parts}  # shard-00000-of-00001-try1-...
+    names = [key.rsplit("/", 1)[-1].split("-") for key in parts]  # shard-00000-of-00001-h1-try1-...
+    assert {name[4] for name in names} == {"h1"}  # placed by version 1 of the user-context hash
+    tries = {name[5] for name in names}
     assert tries == {"try1", "try2"}  # the failed try's keys were kept, not overwritten by the retry
 
     summary = report(s3, run)
@@ -79,9 +81,13 @@ def test_a_send_that_fails_half_way_is_retried_by_airflow_and_sends_only_the_res
     counts = summary["summary"]["counts"]
     if not coalesce:
         assert counts["batches_skipped:accepted_by_earlier_try"] == 100
+        # Try 1 wrote every batch to the send journal before sending; try 2 resent the 150 it had not
+        # seen answered, verbatim (same ids), before anything else, and coalesced nothing again.
+        assert counts["journal_batches_resent"] == counts["batches_skipped:resent_from_journal"] == 150
         assert counts["batches_accepted"] == 150
     else:  # merged: far fewer batches than records; the retry skipped what try 1's merged batches delivered
         assert counts["batches_skipped:accepted_by_earlier_try"] > 0
+        assert counts["journal_batches_resent"] > 0  # and resent what they had not, as they were
         assert counts["batches_after_coalescing"] <= counts["batches_before_coalescing"] / 10
         # Each try cut the shard into the same slices (250 replays, 40 a slice) and built the same batches.
         assert counts["shard_slices"] == (7 if users > 1 else 1)

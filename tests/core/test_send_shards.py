@@ -1,5 +1,5 @@
 """Send by shard: merged batches end every member record, a refused merged batch dead-letters each member's
-part, a retry skips the keys an earlier try's merged batch delivered, and the ledger parts a shard reads."""
+part, a retry skips the keys an earlier try delivered, and the ledger parts a shard reads."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from datetime import date
 
 import pytest
 
-from mparticle_backfill import jsonio
 from mparticle_backfill.accounting import Summary
 from mparticle_backfill.coalesce import CoalesceSettings, coalesce, ledger_part_may_hold
 from mparticle_backfill.model import DEAD_LETTERED, REPLAYED
-from mparticle_backfill.send import ACCEPTED_BY_EARLIER_TRY, SendTracker, pack_groups, skip_accepted, skip_delivered
+from mparticle_backfill.send import ACCEPTED_BY_EARLIER_TRY, SendTracker, pack_groups, skip_accepted
 from mparticle_backfill.settings import StatePaths, ledger_part_wanted
 from tests.core.test_replay_stages import replay_of
 
@@ -117,40 +116,3 @@ def big_replays(real_record, count: int):
             for event in batch.payload["events"]:
                 event["data"].setdefault("custom_attributes", {})["note"] = "x" * 20_000
     return replays
-
-
-def test_a_retry_rebuilds_the_same_merged_batches_and_skips_those_delivered(real_record):
-    first_try = list(coalesce(big_replays(real_record, 12), CoalesceSettings(), Counter()))
-    batches = [batch for group in first_try for batch in group.batches]
-    assert len(batches) >= 3
-    delivered = set(batches[0].replay_keys)  # the first merged batch reached the ledger before the kill
-
-    summary = Summary()
-    retry = list(
-        skip_delivered(coalesce(big_replays(real_record, 12), CoalesceSettings(), Counter()), delivered, summary)
-    )
-    resent = [batch for group in retry for batch in group.batches]
-    # The same batches, by the same ids, minus the delivered one: a batch accepted by the killed try but
-    # missing from the ledger goes out with its old source_request_id, and mParticle drops the repeat.
-    assert [b.payload["source_request_id"] for b in resent] == [b.payload["source_request_id"] for b in batches[1:]]
-    assert summary.counts[f"batches_skipped:{ACCEPTED_BY_EARLIER_TRY}"] == 1
-
-    tracker = SendTracker(summary, lambda letter: pytest.fail("nothing is refused"))
-    for request in pack_groups(retry, tracker):
-        for batch in request.batches:
-            tracker.accepted(batch)
-    assert tracker.waiting == 0 and summary.total(REPLAYED) == 12
-
-
-def test_a_partly_delivered_merged_batch_sends_only_the_rest_under_a_new_id(real_record):
-    (group,) = coalesce(replays_of_one_user(real_record, 4), CoalesceSettings(), Counter())
-    (batch,) = group.batches
-    delivered = {batch.replay_keys[0], batch.replay_keys[1]}
-    summary = Summary()
-    (kept,) = skip_delivered([group], delivered, summary)
-    (rest,) = kept.batches
-    assert set(rest.replay_keys) == set(batch.replay_keys) - delivered
-    assert len(rest.payload["events"]) == len(batch.payload["events"]) - 2
-    assert rest.payload["source_request_id"] != batch.payload["source_request_id"]
-    assert rest.body == jsonio.dumps(rest.payload)
-    assert all(keys for _, keys in rest.members)

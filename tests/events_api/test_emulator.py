@@ -324,6 +324,30 @@ def test_a_single_batch_endpoint_refuses_with_batch_0(emulator):
     assert message(response).startswith("batch 0: $.events[0].data.event_name:")
 
 
+def test_a_named_event_is_refused_with_the_whole_request_as_a_server_side_rule():
+    with EventsApiEmulator(KEY, SECRET, refuse_events=["Bad Event"]) as server:
+        good, bad = batch(custom_event("Fine")), batch(custom_event("Fine"), screen_view("Bad Event"))
+        response = post(server, [good, bad])
+        assert response.status_code == 400
+        assert (
+            message(response) == "batch 1: $.events[1].data.screen_name: 'Bad Event' is refused by a rule of this input"
+        )
+        assert server.state.batches == []
+        assert post(server, [good]).status_code == 202
+        assert len(server.state.batches) == 1
+
+
+def test_a_lost_answer_was_processed_and_its_repeat_is_dropped(emulator):
+    requests.post(f"{emulator.url}/_emulator/fail-next", json=["lost"], timeout=5)
+    body = [batch(source_request_id="3f0a3c1e-0000-5000-8000-000000000001")]
+    with pytest.raises(requests.ConnectionError):
+        post(emulator, body)
+    assert post(emulator, body).status_code == 202
+    counts = stats(emulator)
+    assert counts["batches_accepted"] == 1 and counts["duplicates_dropped"] == 1
+    assert counts["connections_dropped"] == 1
+
+
 # --- HTTP answers mParticle's front end gives --------------------------------------------------------
 
 
