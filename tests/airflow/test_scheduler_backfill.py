@@ -1,6 +1,6 @@
 """A real scheduler (LocalExecutor on SQLite) as production runs it: a backfill of three dates, a backfill of
 a date older than the replay window, and a send task killed with SIGKILL mid-send while another run of the
-same date tries to take its lock."""
+same date tries to take its lock, then late data for the same user and the whole run again: every event once."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ DAG_ID = "mparticle_quarantine_backfill"
 DAYS = ["2026-11-17", "2026-11-18", "2026-11-19"]
 CRASH_DAY = "2026-11-16"
 CRASH_RECORDS = 3000
+LATE_RECORDS = 300
 WINDOW_END = "2026-11-20T06:00:00Z"
 
 
@@ -111,6 +112,13 @@ def process_running(ti_id: str) -> int | None:
     return None
 
 
+def ledger_keys(s3, day: str) -> set[str]:
+    keys = set()
+    for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/_backfill/{day}/ledger/").get("Contents", []):
+        keys.update(s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read().decode().split())
+    return keys
+
+
 def day_ms(day: str, hour: int = 10) -> int:
     return int(datetime.fromisoformat(f"{day}T{hour:02d}:00:00+00:00").timestamp() * 1000)
 
@@ -137,6 +145,10 @@ def test_backfills_and_a_crash_mid_send_as_production_meets_them(airflow_db, s3,
     s3.put_object(
         Bucket=BUCKET, Key=f"{PREFIX}/{CRASH_DAY}/mPTravel_20261116100000000000_00001.txt", Body=lines(*crash_records)
     )
+    late_records = [record(200_000 + n, timestamp_ms=day_ms(CRASH_DAY, 9)) for n in range(LATE_RECORDS)]
+    for data in late_records:
+        for event in data["events"]:
+            event["data"].setdefault("custom_attributes", {})["note"] = "x" * 1500
     host, emulator_port = emulator.url.removeprefix("http://").split(":")
     monkeypatch.setenv(  # one worker per sender, so that a send takes long enough to be killed half-way
         "AIRFLOW_CONN_MPARTICLE_EVENTS_API",
@@ -217,11 +229,18 @@ def test_backfills_and_a_crash_mid_send_as_production_meets_them(airflow_db, s3,
         wait_until(
             "a third of the events accepted", lambda: emulator.state.stats["events_accepted"] >= 6 + 2000, 120, 0.2
         )
-
         pid = wait_until("the send task's process", lambda: process_running(ti_id), 30, 0.2)
+        # Killed while batches it had accepted are not yet in the ledger (it writes a part every 5 s).
+        wait_until(
+            "accepted events the ledger does not hold yet",
+            lambda: emulator.state.stats["events_accepted"] - 6 > len(ledger_keys(s3, CRASH_DAY)) * 2 / 3,
+            60,
+            0.1,
+        )
         os.kill(pid, signal.SIGKILL)
         accepted_at_kill = emulator.state.stats["events_accepted"]
         assert accepted_at_kill < 6 + 2 * CRASH_RECORDS  # killed half-way
+        unrecorded = accepted_at_kill - 6 - len(ledger_keys(s3, CRASH_DAY)) * 2 / 3
 
         # The run is still alive for Airflow (its send task will be retried). Even with a lock that looks a
         # day old (it waited behind the pool, say), another run of the same date does not take it over.
@@ -238,20 +257,17 @@ def test_backfills_and_a_crash_mid_send_as_production_meets_them(airflow_db, s3,
         assert ti_state("intruder", "plan_partition") == "failed"
         assert json.loads(s3.get_object(Bucket=BUCKET, Key=lock_key)["Body"].read())["run_id"] == "crash_run"
 
-        # What the README tells an operator: Airflow retries the killed task; to resume at once, clear it.
+        # Late data for the same user (earlier events, so every merged batch changes), then the whole run
+        # again (clearing its tasks, as an operator does after a fix): the date's merged batches are not the
+        # ones the killed task sent; those it sent without recording come back from the send journal, as
+        # they were.
         wait_until("the killed send failed", lambda: ti_state("crash_run", "send") in ("up_for_retry", "failed"), 120)
-        airflow_cli(
-            "tasks",
-            "clear",
-            DAG_ID,
-            "--task-regex",
-            "^send$",
-            "--start-date",
-            crash_at,
-            "--end-date",
-            crash_at,
-            "--yes",
+        s3.put_object(
+            Bucket=BUCKET,
+            Key=f"{PREFIX}/{CRASH_DAY}/mPTravel_20261116110000000000_00002.txt",
+            Body=lines(*late_records),
         )
+        airflow_cli("tasks", "clear", DAG_ID, "--start-date", crash_at, "--end-date", crash_at, "--yes")
         emulator.state.latency_ms = 0
         assert wait_until("the crashed run", finished({"crash_run"}), 300, every=2) == {"crash_run": "success"}
     finally:
@@ -267,16 +283,16 @@ def test_backfills_and_a_crash_mid_send_as_production_meets_them(airflow_db, s3,
                 os.killpg(process.pid, signal.SIGKILL)
         logs.close()
 
-    # Every event of the crashed partition arrived exactly once (what the emulator accepted; repeats of
-    # batches whose keys were not yet in the ledger when the process died were dropped by source_request_id).
+    # Every event of the crashed partition, old and late, arrived exactly once (what the emulator accepted;
+    # the batches the killed task had sent without recording were resent verbatim and dropped as repeats).
+    assert unrecorded > 0  # the kill did leave accepted batches out of the ledger
     crash_events = [
         e["data"]["event_id"] for b in emulator.state.batches for e in b["events"] if e["data"]["event_id"] >= 1_000_000
     ]
-    assert len(crash_events) == len(set(crash_events)) == 2 * CRASH_RECORDS
-    ledger = set()
-    for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/_backfill/{CRASH_DAY}/ledger/", MaxKeys=1000)[
-        "Contents"
-    ]:
-        ledger.update(s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read().decode().split())
-    assert len(ledger) == 3 * CRASH_RECORDS  # every accepted key recorded: a re-run sends nothing
+    assert len(crash_events) == len(set(crash_events)) == 2 * (CRASH_RECORDS + LATE_RECORDS)
+    assert emulator.state.stats["duplicates_dropped"] > 0
+    ledger = ledger_keys(s3, CRASH_DAY)
+    assert len(ledger) == 3 * (CRASH_RECORDS + LATE_RECORDS)  # every accepted key recorded: a re-run sends nothing
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=lock_key)  # released by the teardown
+    journal = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/_backfill/{CRASH_DAY}/journal/")
+    assert "Contents" not in journal  # every batch written down was answered
