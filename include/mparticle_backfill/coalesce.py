@@ -14,7 +14,8 @@ shard), so a record's shard depends only on the shard count. The ledger is writt
 
 **Merging.** :func:`coalesce` takes the replays of one shard (after the dedupe check) and merges the
 batches whose envelope (every payload field but ``events``, ``user_attributes`` and ``source_request_id``)
-is identical, and whose records go to the same route (Events API connection):
+is identical, whose records go to the same route (Events API connection) and have the same user context
+hash (so that a merged batch lies in one shard under any shard count: the send journal relies on it):
 
 - events are ordered by ``data.timestamp_unixtime_ms`` (stable: ties keep record order), each unchanged;
 - at most :data:`.limits.MAX_BATCH_BYTES` per encoded batch (``source_request_id`` included) and
@@ -33,7 +34,11 @@ is identical, and whose records go to the same route (Events API connection):
   attribute is superseded delivers its key with the batch that carries the newer values;
 - a merged batch's ``source_request_id`` is the UUID (transform's format) of the sha256 of the salt and its
   sorted replay keys: a retry or re-run that builds the same batch gets the same id (mParticle drops the
-  repeat), another membership another id;
+  repeat), another membership another id. A run whose date changed builds other batches: a batch sent
+  before whose answer was lost is therefore resent from the send journal as it was (:mod:`.journal`),
+  never rebuilt;
+- a merged batch the API refuses is cut in two by its records (:func:`split_members`), recursively, so
+  that only the refused record is dead-lettered; the cut is deterministic;
 - a group of ONE record keeps its batches exactly as the transform built them (same bodies, same ids);
 - with ``coalesce`` off every record keeps its batches: exactly today's output, one group per record.
 

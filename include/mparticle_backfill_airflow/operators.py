@@ -103,12 +103,15 @@ class LedgerWriter:
 class MParticleSendOperator(BaseOperator):
     """Sends the replay batches of one shard to mParticle's Events API through :class:`MParticleEventsHook`.
 
-    Each user's batches are first merged into as few as the limits allow (setting ``coalesce``; a merged
-    batch's ``source_request_id`` follows from its members' replay keys, so a retry builds the same one).
-    Batches are packed into bulk requests (at most 100 batches, 256 KB), sent with pacing and retries;
-    accepted replay keys go to the partition's ledger as they are accepted; batches the API refuses are
-    dead-lettered with its message. A retried try first reads what earlier tries of the run recorded
-    in the ledger and sends only the rest. In a dry run nothing is sent: the requests are written to S3.
+    First, the batches an earlier try or run wrote to the send journal and did not see answered (a lost
+    answer, a killed worker) are sent again verbatim, same ``source_request_id`` (:mod:`.journal`). Then
+    each user's remaining batches are merged into as few as the limits allow (setting ``coalesce``),
+    written to the journal, packed into bulk requests (at most 100 batches, 256 KB) and sent with pacing
+    and retries; accepted replay keys go to the partition's ledger as they are accepted; a refused merged
+    batch is cut by its records until only the refused ones are left, and those are dead-lettered with
+    the API's message. A retried try skips what earlier tries of the run recorded in the ledger. A try
+    whose batches were all answered removes its journal parts. In a dry run nothing is sent (and nothing
+    journaled): the requests are written to S3.
     What no retry can fix (refused credentials, a 404/413/415/422 answer, the rejection breaker) fails
     the task without retry; transient faults raise so Airflow retries.
 
