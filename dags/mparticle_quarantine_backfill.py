@@ -23,8 +23,9 @@ conditional write); a second run of the same date fails there, before reading an
 which run holds it. A run whose lock Airflow reports running is never taken over.
 
 **Run dates are partition dates.** The daily run for interval *D* (it starts once *D* has ended)
-processes partition *D*; a backfill from *D1* to *D2* processes *D1*..*D2*; a manual run takes
-`partition_date` (or, without it, yesterday). Settings come from the Variable `mparticle_backfill`;
+processes partition *D*; a backfill from *D1* to *D2* processes *D1*..*D2* (leave `partition_date`
+empty in the Backfill dialog: a scheduled or backfill run given one fails before reading anything); a
+manual run takes `partition_date` (or, without it, yesterday). The Variable cannot set `partition_date`. Settings come from the Variable `mparticle_backfill`;
 any of them can be overridden in the trigger form. `dry_run` sends nothing and writes the payloads.
 
 **Several quarantine outputs**: with `mparticle_backfills.yaml` beside this file, one DAG per entry
@@ -80,6 +81,7 @@ def build(backfill: backfills.Backfill) -> DAG:
                 s3=tasks.quarantine_s3(backfill.aws_conn_id),
                 dag_id=dag_run.dag_id,
                 run_state=context["ti"].get_dagrun_state,  # a lock whose run is alive is never taken over
+                run_type=dag_run.run_type,  # scheduled and backfill runs process their own date
             )
 
         @task

@@ -93,7 +93,11 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     ),
     "dry_run": (False, "Send nothing; write the payloads that would be sent."),
     "force": (False, "Resend what the ledger says was already accepted."),
-    "partition_date": (None, "YYYY-MM-DD: the quarantine date to process (default: from the run)."),
+    "partition_date": (
+        None,
+        "YYYY-MM-DD: the quarantine date a manual run processes (default: yesterday). Scheduled and backfill "
+        "runs process their own date and refuse it; the Variable may not set it.",
+    ),
     "reference_time": (None, "ISO 8601 end of the age window, e.g. 2026-11-20T06:00:00Z (default: now)."),
     "files_per_chunk": (25, "Quarantine objects per mapped chunk (bounds a worker's memory)."),
     "lock_ttl_hours": (12, "A partition lock left by a run that died is taken over after this many hours."),
@@ -215,6 +219,48 @@ class BackfillSettings:
             value = self.raw_fixes if name == "fixes" else self.raw_routes if name == "routes" else getattr(self, name)
             result[name] = value.isoformat() if isinstance(value, (date, datetime)) else value
         return result
+
+
+# Settings that only mean something for one run: a standing configuration (the Variable, an entry of
+# mparticle_backfills.yaml) that set one would apply it to every run, the schedule's and backfills' too.
+PER_RUN_ONLY = ("partition_date",)
+
+
+def check_standing_settings(settings: Mapping[str, Any] | None, source: str) -> None:
+    """Raise :class:`InvalidSettings` if a standing configuration (``source``: the Variable, an entry of
+    mparticle_backfills.yaml) sets a per-run setting (:data:`PER_RUN_ONLY`)."""
+    if not isinstance(settings, Mapping):
+        return  # parse_settings refuses it with its own message
+    for name in PER_RUN_ONLY:
+        if settings.get(name) not in (None, ""):
+            raise InvalidSettings(
+                name,
+                f"is a per-run choice, not a standing setting: set in {source}, it would make every run (the "
+                "schedule's, each backfill's) process that one date. Remove it there, and give it when you "
+                "trigger a manual run",
+            )
+
+
+RUNS_OF_THEIR_OWN_DATE = ("scheduled", "backfill")
+
+
+def check_run_date(explicit: date | None, run_type: str | None, own: date | None) -> None:
+    """Raise :class:`InvalidSettings` if a run that processes its own date (scheduled, backfill: ``own``,
+    the start of its data interval) was also given a ``partition_date``.
+
+    Refused rather than ignored: the run cannot tell which of the two dates its user meant (a backfill's
+    range, or the date typed in its parameters), so it sends nothing and says how to get either.
+    """
+    if explicit is None or run_type not in RUNS_OF_THEIR_OWN_DATE:
+        return
+    day = own.isoformat() if own else "its own date"
+    raise InvalidSettings(
+        "partition_date",
+        f"{explicit.isoformat()} was given to a {run_type} run, which processes its own date ({day}, the start "
+        f"of its data interval). Nothing was read or sent. To process {day}: leave partition_date empty in "
+        f"the run's parameters (the Backfill dialog shows it; keep it empty). To process {explicit.isoformat()}: "
+        "trigger a manual run with partition_date, or backfill that date",
+    )
 
 
 def parse_settings(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> BackfillSettings:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mparticle_backfill.errors import InvalidSettings
-from mparticle_backfill.settings import parse_settings
+from mparticle_backfill.settings import check_standing_settings, parse_settings
 
 CONFIG_ENV = "MPARTICLE_BACKFILLS_CONFIG"
 DEFAULT_DAG_ID = "mparticle_quarantine_backfill"
@@ -127,6 +127,7 @@ def _entry(entry: Any) -> Backfill:
     settings = entry.get("settings") or {}
     if not isinstance(settings, Mapping):
         raise ValueError("settings must be a mapping")
+    check_standing_settings(settings, "mparticle_backfills.yaml")
     parse_settings(settings)  # the same validation a run makes, here without any I/O
     ids = {key: entry.get(key) for key in ("aws_conn_id", "events_api_conn_id", "pool", "variable")}
     for key, value in ids.items():

@@ -30,6 +30,8 @@ from mparticle_backfill.plan_gate import PlanGate
 from mparticle_backfill.settings import (
     BackfillSettings,
     StatePaths,
+    check_run_date,
+    check_standing_settings,
     parse_settings,
     parse_time,
     resolve_partition_date,
@@ -80,16 +82,25 @@ def plan_partition(
     now: datetime | None = None,
     dag_id: str = "",
     run_state: RunState | None = None,
+    run_type: str | None = None,
 ) -> list[dict[str, Any]]:
     """Validate the settings, resolve the partition date, list its objects, cut them into chunks.
+
+    A scheduled or backfill run (``run_type``) processes its own date, the start of its data interval; a
+    ``partition_date`` given with one fails the run here, before anything is read. The Variable (and an
+    entry of mparticle_backfills.yaml) may not set ``partition_date``: it would apply to every run.
 
     The replay window ends at ``reference_time`` if given, else *now*: the time this run plans, fixed
     here and handed to every task so that all chunks agree. Not the run's ``run_after``: a backfill of
     old dates (and a scheduled run cleared weeks later) has ``run_after`` at the end of each date's
     interval, which would replay data far older than the window allows.
     """
+    run_type = str(getattr(run_type, "value", run_type) or "") or None
+    own = data_interval_start.astimezone(timezone.utc).date() if data_interval_start is not None else None
     try:
+        check_standing_settings(variable, "the settings Variable (or mparticle_backfills.yaml)")
         settings = parse_settings(variable, {k: v for k, v in params.items() if v is not None})
+        check_run_date(settings.partition_date, run_type, own)
     except InvalidSettings as error:
         raise AirflowFailException(f"Invalid settings: {error}") from None
     day = resolve_partition_date(settings.partition_date, data_interval_start, run_after)

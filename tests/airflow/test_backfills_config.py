@@ -28,6 +28,7 @@ def test_each_broken_entry_is_named_with_why_and_the_others_still_build():
                 {"name": "typo", "setings": {}},
                 {"name": "old", "settings": {"bucket": "acme-b", "max_age_days": 45}},
                 "not a mapping",
+                {"name": "dated", "settings": {"bucket": "acme-b", "partition_date": "2026-11-20"}},
             ]
         },
         "f.yaml",
@@ -38,8 +39,9 @@ def test_each_broken_entry_is_named_with_why_and_the_others_still_build():
     assert "setings" in config.broken["typo"]
     assert "max_age_days" in config.broken["old"]
     assert "mapping" in config.broken["#6"]
+    assert "partition_date" in config.broken["dated"] and "per-run choice" in config.broken["dated"]
     message = backfills.broken_message(config)
-    assert "5 backfill(s) in f.yaml" in message and "typo" in message
+    assert "6 backfill(s) in f.yaml" in message and "typo" in message
 
 
 def test_a_file_without_entries_or_not_yaml_is_one_clear_problem(tmp_path, monkeypatch):

@@ -222,6 +222,42 @@ def test_plan_partition_names_the_bad_setting():
         )
 
 
+@pytest.mark.parametrize(
+    ("variable", "params", "run_type", "message"),
+    [
+        pytest.param(
+            {"bucket": BUCKET},
+            {"partition_date": "2026-11-15"},
+            "backfill",
+            r"'partition_date': 2026-11-15 was given to a backfill run, which processes its own date \(2026-11-18",
+            id="backfill-with-a-date",
+        ),
+        pytest.param(
+            {"bucket": BUCKET, "partition_date": "2026-11-15"},
+            {},
+            "manual",
+            r"'partition_date': is a per-run choice, not a standing setting: set in the settings Variable",
+            id="date-in-the-variable",
+        ),
+    ],
+)
+def test_plan_partition_refuses_a_date_the_run_does_not_own(variable, params, run_type, message):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mparticle_backfill_airflow.tasks import plan_partition
+
+    with pytest.raises(AirflowFailException, match=message):
+        plan_partition(
+            variable,
+            params,
+            run_id="backfill__2026-11-18T00:00:00+00:00",
+            data_interval_start=datetime(2026, 11, 18, tzinfo=timezone.utc),
+            run_after=datetime(2026, 11, 19, tzinfo=timezone.utc),
+            s3=None,  # fails before any I/O
+            run_type=run_type,
+        )
+
+
 def test_firehose_hourly_layout_then_force_resends(airflow_db, s3, connections):
     """Kinesis Data Firehose output: YYYY/MM/DD/HH/ folders, records concatenated without newlines.
 

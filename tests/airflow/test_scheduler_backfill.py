@@ -25,6 +25,8 @@ DAG_ID = "mparticle_quarantine_backfill"
 DAYS = ["2026-11-17", "2026-11-18", "2026-11-19"]
 CRASH_DAY = "2026-11-16"
 CRASH_RECORDS = 3000
+MORE_DAYS = ["2026-11-11", "2026-11-12", "2026-11-13"]
+TYPED_DAY = "2026-11-10"
 LATE_RECORDS = 300
 WINDOW_END = "2026-11-20T06:00:00Z"
 
@@ -131,6 +133,12 @@ def test_backfills_and_a_crash_mid_send_as_production_meets_them(airflow_db, s3,
             Key=f"{PREFIX}/{day}/mPTravel_{day.replace('-', '')}100000000000_0000{index}.txt",
             Body=lines(record(7000 + index, timestamp_ms=day_ms(day))),
         )
+    for index, day in enumerate([TYPED_DAY, *MORE_DAYS]):  # for the backfill given a partition_date
+        s3.put_object(
+            Bucket=BUCKET,
+            Key=f"{PREFIX}/{day}/mPTravel_{day.replace('-', '')}100000000000_0000{index}.txt",
+            Body=lines(record(7100 + index, timestamp_ms=day_ms(day))),
+        )
     # A date older than the replay window (as a backfill "from the UI" of last month would pick).
     old_day = (datetime.now(timezone.utc) - timedelta(days=40)).date().isoformat()
     s3.put_object(
@@ -217,6 +225,20 @@ def test_backfills_and_a_crash_mid_send_as_production_meets_them(airflow_db, s3,
         ]  # fmt: skip
         assert old_report["totals"]["too_old"] == 1 and old_report["totals"]["replayed"] == 0
         assert ["too_old", "older_than_window", 1] in old_report["summary"]["outcomes"]
+
+        # 2b. A backfill of three more dates whose run parameters carry a partition_date (the Backfill
+        # dialog shows it): each run processes its own date or nothing; never the date typed, three times.
+        wait_until("the old backfill marked complete", no_backfill_running, 120, every=2)
+        before = len(emulator.state.batches)
+        dated = json.dumps({"partition_date": TYPED_DAY, "reference_time": WINDOW_END})
+        airflow_cli("backfill", "create", "--dag-id", DAG_ID, "--from-date", MORE_DAYS[0], "--to-date", MORE_DAYS[-1],
+                    "--dag-run-conf", dated)  # fmt: skip
+        wait_until("3 more backfill runs", lambda: len(runs_of(DAG_ID, "backfill")) >= len(ids) + len(old_ids) + 3, 120)
+        more_ids = {run_id for run_id, *_ in runs_of(DAG_ID, "backfill")} - ids - old_ids
+        assert set(wait_until("the dated backfill", finished(more_ids), 300, every=3).values()) == {"failed"}
+        assert {ti_state(run_id, "plan_partition") for run_id in more_ids} == {"failed"}
+        assert len(emulator.state.batches) == before  # neither the typed date nor the backfill's own were sent
+        assert not s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/_backfill/{TYPED_DAY}/").get("Contents")
 
         # 3. A run of a big partition; its send task is killed with SIGKILL half-way.
         emulator.state.latency_ms = 1000  # ~50 requests of two merged batches: ~50 s of sending

@@ -74,3 +74,34 @@ def test_settings_round_trip_to_json():
     as_json = settings.to_json()
     assert set(as_json) == set(SETTINGS)
     assert parse_settings(as_json) == settings
+
+
+def test_a_standing_configuration_may_not_set_the_partition_date():
+    from mparticle_backfill.settings import check_standing_settings
+
+    check_standing_settings({**BASE, "partition_date": None}, "the Variable")  # empty: fine
+    with pytest.raises(InvalidSettings, match=r"'partition_date': is a per-run choice.*set in the Variable"):
+        check_standing_settings({**BASE, "partition_date": "2026-11-20"}, "the Variable")
+
+
+@pytest.mark.parametrize(
+    ("run_type", "refused"),
+    [
+        pytest.param("scheduled", True, id="scheduled"),
+        pytest.param("backfill", True, id="backfill"),
+        pytest.param("manual", False, id="manual"),
+        pytest.param("asset_triggered", False, id="asset"),
+        pytest.param(None, False, id="unknown"),
+    ],
+)
+def test_a_run_of_its_own_date_refuses_another_date(run_type, refused):
+    from mparticle_backfill.settings import check_run_date
+
+    check_run_date(None, run_type, date(2026, 11, 18))  # no partition_date: every run is fine
+    if not refused:
+        check_run_date(date(2026, 11, 15), run_type, date(2026, 11, 18))
+        return
+    with pytest.raises(
+        InvalidSettings, match=r"2026-11-15 was given to a \w+ run, which processes its own date \(2026-11-18"
+    ):
+        check_run_date(date(2026, 11, 15), run_type, date(2026, 11, 18))
