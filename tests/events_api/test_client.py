@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import requests
@@ -68,19 +69,37 @@ def force(emulator, *answers):
 
 
 def test_happy_path_every_batch_arrives_once(emulator):
-    results = list(client_for(emulator.url).send(requests_of([batch(i) for i in range(250)])))
+    packed = requests_of([batch(i) for i in range(250)])
+    results = list(client_for(emulator.url).send(packed))
     assert sum(len(r.accepted) for r in results) == 250
     assert sum(r.retries for r in results) == 0
-    assert stats(emulator)["batches_accepted"] == 250
+    counts = stats(emulator)
+    assert counts["batches_accepted"] == 250
+    # The emulator drops a repeated source_request_id before counting: that the client sent each request
+    # once is what these say.
+    assert counts.get("duplicates_dropped", 0) == 0
+    assert counts["requests"] == len(packed) == sum(r.http_requests for r in results) == 3
     received = {b["source_request_id"] for b in emulator.state.batches}
     assert len(received) == 250
 
 
 def test_429_with_retry_after_is_waited_and_retried(emulator):
-    force(emulator, 429)
-    (result,) = client_for(emulator.url, max_workers=1).send(requests_of([batch(1)]))
+    force(emulator, {"status": 429, "retry_after": "1"})
+    started = time.monotonic()
+    # Backoff alone would wait at most 0.05 s: what is waited here is the server's Retry-After (1 s).
+    (result,) = client_for(emulator.url, max_workers=1, max_backoff_seconds=5).send(requests_of([batch(1)]))
+    waited = time.monotonic() - started
     assert result.accepted and result.throttled == 1 and result.retries == 1
     assert stats(emulator)["status_429"] == 1
+    assert waited >= 0.95
+
+
+def test_retry_after_is_capped_by_the_longest_backoff(emulator):
+    force(emulator, {"status": 429, "retry_after": "30"})
+    started = time.monotonic()
+    (result,) = client_for(emulator.url, max_workers=1, max_backoff_seconds=0.2).send(requests_of([batch(1)]))
+    assert result.accepted and result.throttled == 1
+    assert 0.15 <= time.monotonic() - started < 5
 
 
 def test_429_without_retry_after_backs_off(emulator):
@@ -107,10 +126,13 @@ def test_dropped_connections_are_retried_and_nothing_arrives_twice():
 
 def test_refused_credentials_stop_at_once_without_printing_the_secret(emulator):
     client = client_for(emulator.url, secret="wrong-secret")
+    packed = requests_of([batch(i) for i in range(5000)])
+    assert len(packed) == 50
     with pytest.raises(CredentialsRefused) as error:
-        list(client.send(requests_of([batch(i) for i in range(500)])))
+        list(client.send(packed))
     assert "403" in str(error.value) and "wrong-secret" not in str(error.value)
-    assert stats(emulator)["requests"] <= 2 * 4  # no retries, no further requests
+    # No retries, no further requests: at most the ones the 4 workers had already started.
+    assert stats(emulator)["requests"] <= client.settings.max_workers
     assert stats(emulator).get("batches_accepted", 0) == 0
 
 
