@@ -163,7 +163,9 @@ class RestApi:
         return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.mark.timeout(600)
+# The test's own waits add up to ~1,300 s at worst (redis 30, api-server 180, the DAG parsed 180, workers
+# 180, the backfill 360, the re-runs 360): pytest's timeout must not end it before one of them does.
+@pytest.mark.timeout(1500)
 def test_a_backfill_spread_over_two_celery_workers(airflow_db, s3, connections, redis_broker, monkeypatch):
     emulator = connections
     blocked = seed(s3)

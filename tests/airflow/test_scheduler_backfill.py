@@ -125,6 +125,10 @@ def day_ms(day: str, hour: int = 10) -> int:
     return int(datetime.fromisoformat(f"{day}T{hour:02d}:00:00+00:00").timestamp() * 1000)
 
 
+# The test's own waits add up to ~2,900 s at worst (the api-server, three backfills, the crash run and the
+# intruder, each bounded): pytest's timeout (600 s by default) must not end it before one of them does, on a
+# loaded 2-core machine. It takes ~3.5 minutes when things go well.
+@pytest.mark.timeout(3300)
 def test_backfills_and_a_crash_mid_send_as_production_meets_them(airflow_db, s3, connections, monkeypatch):
     emulator = connections
     for index, day in enumerate(DAYS):
