@@ -1,7 +1,8 @@
 """Every stage of the replay engine in one process, without Airflow and without sending.
 
 For the benchmark and the property tests: the same stage steps the DAG's tasks run, chained per record
-(:func:`run_in_one_process`), or stage by stage through stage files as the DAG runs them (:func:`run_staged`).
+(:func:`run_in_one_process`), or stage by stage through stage files (:func:`run_staged`). What the send task
+does with the API's answers is tested on the DAG's own path (tests/airflow/test_send_properties.py).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from typing import Any
 
 from mparticle_backfill import jsonio
 from mparticle_backfill.accounting import Summary, advance
+from mparticle_backfill.coalesce import CoalesceSettings, coalesce
 from mparticle_backfill.dedupe_check import DedupeCheck, dedupe_replays, dedupe_step
 from mparticle_backfill.extract import extract_records
 from mparticle_backfill.filter_by_age import age_step, filter_replays
 from mparticle_backfill.model import DeadLetterSink, Replay
 from mparticle_backfill.select import SelectionSettings
-from mparticle_backfill.send import BulkRequest, OutgoingBatch, SendTracker, pack_requests, skip_accepted
+from mparticle_backfill.send import BulkRequest, SendTracker, pack_groups
 from mparticle_backfill.transform import TransformSettings, transform_replays, transform_step
 
 
@@ -41,7 +43,8 @@ def run_in_one_process(
     )
     replays = advance(extract_records(objects, selection, summary, dead_letter), steps, summary)
     tracker = SendTracker(summary, dead_letter)
-    for request in pack_requests(replays, tracker):
+    # One batch per record, as the transform built them (coalescing off: the engine, not the merge, is measured).
+    for request in pack_groups(coalesce(replays, CoalesceSettings(coalesce=False), summary.counts), tracker):
         summary.counts["requests_packed"] += 1
         if on_request is not None:
             on_request(request)
@@ -64,13 +67,10 @@ def run_staged(
     transform_settings: TransformSettings,
     ledger: Iterable[str] = (),
     dead_letter: DeadLetterSink,
-    refuse: Callable[[OutgoingBatch], str | None] = lambda batch: None,
-    crash_after_requests: int | None = None,
 ) -> Summary:
-    """The path the DAG runs, in one process: per chunk, every stage's output through a stage file; the
-    dedupe check over all chunks; send with a tracker, where ``refuse`` answers a batch with the API's
-    400 message (or None to accept it). With ``crash_after_requests``, each chunk's send dies after that
-    many requests and is retried the way the send task retries: reading what its first try recorded.
+    """Every stage in one process, stage by stage: per chunk, each stage's output through a stage file; the
+    dedupe check over all chunks (with an earlier run's ``ledger``); then the send task's pure part (its
+    records merged per user and packed: ``coalesce`` + ``pack_groups``), every batch answered as accepted.
 
     :return: every stage's summary added up, as the report task adds them.
     """
@@ -88,34 +88,11 @@ def run_staged(
     for replays in transformed:
         dedupe_summary = Summary()
         deduped = _through_stage_file(dedupe_replays(replays, check, dedupe_summary))
-        total.merge(dedupe_summary).merge(_send(deduped, refuse, crash_after_requests, dead_letter))
-    return total
-
-
-def _send(
-    replays: list[Replay],
-    refuse: Callable[[OutgoingBatch], str | None],
-    crash_after_requests: int | None,
-    dead_letter: DeadLetterSink,
-) -> Summary:
-    recorded: set[str] = set()
-    if crash_after_requests is not None:  # the first try: its summary dies with it, its ledger keys stay
-        tracker = SendTracker(Summary(), lambda letter: None)
-        for number, request in enumerate(pack_requests(_through_stage_file(replays), tracker)):
-            if number >= crash_after_requests:
-                break
+        send_summary = Summary()
+        tracker = SendTracker(send_summary, dead_letter)
+        for request in pack_groups(coalesce(deduped, CoalesceSettings(), send_summary.counts), tracker):
             for batch in request.batches:
-                if refuse(batch) is None:
-                    recorded.update(batch.replay_keys)
-    summary = Summary()
-    tracker = SendTracker(summary, dead_letter)
-    for request in pack_requests(skip_accepted(replays, recorded, summary), tracker):
-        summary.counts["requests"] += 1
-        for batch in request.batches:
-            message = refuse(batch)
-            if message is None:
-                tracker.accepted(batch)
-            else:
-                tracker.rejected(batch, message)
-    assert tracker.waiting == 0
-    return summary
+                tracker.accepted(batch, "dry_run")
+        assert tracker.waiting == 0
+        total.merge(dedupe_summary).merge(send_summary)
+    return total

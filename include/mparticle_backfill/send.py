@@ -120,14 +120,6 @@ class SendTracker:
         self.dead_letter = dead_letter
         self._pending: dict[RecordRef, tuple[Replay, int]] = {}
 
-    def batches(self, replays: Iterable[Replay]) -> Iterator[OutgoingBatch]:
-        """The batches of ``replays``, in order, each record registered as waiting."""
-        for replay in replays:
-            self._pending[replay.ref] = (replay, len(replay.batches))
-            for batch in replay.batches:
-                yield OutgoingBatch.of(replay.ref, batch)
-            replay.batches = []
-
     def groups(self, groups: Iterable[CoalescedGroup]) -> Iterator[OutgoingBatch]:
         """The batches of coalesced groups, each record registered as waiting on every batch it rides in."""
         for group in groups:
@@ -238,12 +230,7 @@ def skip_accepted(
             yield replay
 
 
-def pack_requests(replays: Iterable[Replay], tracker: SendTracker) -> Iterator[BulkRequest]:
-    """The packing half of the send stage: bulk requests of the replays' batches, every record registered
-    with ``tracker`` so that it ends once the API has answered for all of its batches."""
-    return pack(tracker.batches(replays))
-
-
 def pack_groups(groups: Iterable[CoalescedGroup], tracker: SendTracker) -> Iterator[BulkRequest]:
-    """:func:`pack_requests` for coalesced groups: a merged batch ends each of its members when answered."""
+    """Bulk requests of the groups' batches, every record registered with ``tracker``: a batch (merged or not)
+    ends each of its members when it is answered, a record once all its batches are."""
     return pack(tracker.groups(groups))
