@@ -105,12 +105,16 @@ class BlockingCategories:
     :param event_attributes: unplanned event (and product) attributes are removed from their events.
     :param user_attributes: unplanned user attributes are removed.
     :param user_identities: unplanned user and device identities are removed.
+    :param inferred: the categories whose value was inferred from a partition's block metadata (not set by
+        the ``plan_blocking`` setting). A partition shows only the data in it: data a fix rule introduces
+        is judged with every inferred category blocking (:meth:`for_unseen_data`).
     """
 
     events: bool = False
     event_attributes: bool = False
     user_attributes: bool = False
     user_identities: bool = False
+    inferred: frozenset[str] = frozenset()
 
     def __or__(self, other: BlockingCategories) -> BlockingCategories:
         return BlockingCategories(
@@ -118,7 +122,18 @@ class BlockingCategories:
             self.event_attributes or other.event_attributes,
             self.user_attributes or other.user_attributes,
             self.user_identities or other.user_identities,
+            self.inferred | other.inferred,
         )
+
+    def for_unseen_data(self) -> BlockingCategories:
+        """The categories that block data the partition did not show (an event a fix rule renamed, an
+        attribute or user attribute it set): every inferred category blocks, since no record could show
+        that it does not; a category set by ``plan_blocking`` keeps its setting."""
+        if not self.inferred:
+            return self
+        values = self.as_dict()
+        values.update(dict.fromkeys(self.inferred, True))
+        return BlockingCategories(**values)
 
     @classmethod
     def from_setting(cls, setting: Mapping[str, Any]) -> BlockingCategories:
@@ -160,14 +175,15 @@ def infer_blocking(
     A category counts as blocking if any record had something of it blocked. ``counts`` is either the
     number of records per category (``{"events": 12, "user_attributes": 0, ...}``) or the per-record
     :func:`blocking_from_metadata` flags, OR-ed together. ``override`` (a setting: category name ->
-    boolean) replaces what was inferred for the categories it names.
+    boolean) replaces what was inferred for the categories it names; the others stay ``inferred``.
     """
-    inferred = BlockingCategories()
+    every = frozenset(CATEGORIES)
+    inferred = BlockingCategories(inferred=every)
     if isinstance(counts, Mapping):
         unknown = sorted(set(counts) - set(CATEGORIES))
         if unknown:
             raise InvalidSettings("blocking", f"unknown categories {unknown}; known: {list(CATEGORIES)}")
-        inferred = BlockingCategories(**{name: bool(counts.get(name)) for name in CATEGORIES})
+        inferred = BlockingCategories(**{name: bool(counts.get(name)) for name in CATEGORIES}, inferred=every)
     else:
         for flags in counts:
             inferred = inferred | flags
@@ -188,7 +204,7 @@ def _override(base: BlockingCategories, setting: Mapping[str, Any], require_all:
         if not isinstance(value, bool):
             raise InvalidSettings("blocking", f"{name} must be true or false, got {value!r}")
         values[name] = value
-    return BlockingCategories(**values)
+    return BlockingCategories(**values, inferred=base.inferred - set(setting))
 
 
 # --- Results -----------------------------------------------------------------------------------------
@@ -334,19 +350,52 @@ class PlanVersion:
     def label(self) -> str:
         return f"{self.plan_id} v{self.version}"
 
-    def check(self, batch: Mapping[str, Any], blocking: BlockingCategories) -> BatchVerdict:
-        """Check one Events API batch (``events``, ``user_attributes``, ``user_identities``, ``device_info``)."""
+    def check(
+        self, batch: Mapping[str, Any], blocking: BlockingCategories, shown: Mapping[str, Any] | None = None
+    ) -> BatchVerdict:
+        """Check one Events API batch (``events``, ``user_attributes``, ``user_identities``, ``device_info``).
+
+        :param shown: the batch as the partition showed it, before fix rules: its ``events`` aligned with
+            ``batch``'s (an event that is the very same object was not changed) and its
+            ``user_attributes``. What ``batch`` holds that ``shown`` did not (an event that now matches
+            another data point, an attribute or user attribute a rule set or renamed) is judged with
+            :meth:`BlockingCategories.for_unseen_data`. None: the partition showed all of ``batch``.
+        """
         events: list[EventVerdict] = []
         check_event = self._check_event
+        unseen = blocking
+        shown_events: Any = None
+        shown_attributes: frozenset[str] | None = None
+        if shown is not None and blocking.inferred:  # else what a fix rule introduced is judged alike
+            unseen = blocking.for_unseen_data()
+            shown_events = shown.get("events") or ()
+            restored = shown.get("user_attributes")
+            shown_attributes = frozenset(restored) if type(restored) is dict else frozenset()
         for index, event in enumerate(batch.get("events") or ()):
             if type(event) is dict:
-                verdict = check_event(index, event, blocking)
+                was = None
+                if shown_events is not None:
+                    original = shown_events[index] if index < len(shown_events) else None
+                    if original is not event:
+                        was = _ShownEvent.of(original)
+                verdict = check_event(index, event, blocking, was, unseen)
                 if verdict is not None:
                     events.append(verdict)
-        batch_issues = (*self._check_user_attributes(batch, blocking), *self._check_identities(batch, blocking))
+        batch_issues = (
+            *self._check_user_attributes(batch, blocking, shown_attributes, unseen),
+            *self._check_identities(batch, blocking),
+        )
         return BatchVerdict(CHECKED, self.plan_id, self.version, _environment(batch), tuple(events), batch_issues)
 
-    def _check_event(self, index: int, event: dict[str, Any], blocking: BlockingCategories) -> EventVerdict | None:
+    def _check_event(
+        self,
+        index: int,
+        event: dict[str, Any],
+        blocking: BlockingCategories,
+        was: _ShownEvent | None = None,
+        unseen: BlockingCategories | None = None,
+    ) -> EventVerdict | None:
+        """``was``: what the partition showed of this event, if a fix rule changed it (else None)."""
         event_type = event.get("event_type")
         if type(event_type) is not str or event_type not in PLANNABLE_EVENT_TYPES:
             return None
@@ -358,11 +407,18 @@ class PlanVersion:
             point = self.event_points.get(key)
         except TypeError:  # an unhashable name (a list where a string belongs): matches no point
             point = None
+        # Data a fix rule introduced: the event now matches another data point, or an attribute is new.
+        moved = new_event = False
+        shown = None  # what the partition showed of the event, when attributes it did not show block
+        if was is not None and unseen is not None:
+            moved = was.key != key
+            new_event = moved and unseen.events
+            shown = was if unseen.event_attributes else None
         if point is None:
             label = _event_label(key)
             issue = PlanIssue(
                 UNPLANNED_EVENT,
-                blocking.events,
+                blocking.events or new_event,
                 label,
                 f"add {label} to plan {self.label}",
                 path=f"$.events[{index}]",
@@ -377,7 +433,7 @@ class PlanVersion:
                 issues.append(
                     PlanIssue(
                         UNPLANNED_EVENT_ATTRIBUTE,
-                        blocking.event_attributes,
+                        blocking.event_attributes or (shown is not None and (moved or name not in shown.attributes)),
                         point.label,
                         f"allow attribute {name!r} on {point.label} in plan {self.label}",
                         name,
@@ -388,7 +444,7 @@ class PlanVersion:
         if event_type == "commerce_event" and (
             point.product_allowed is not None or point.impression_product_allowed is not None
         ):
-            issues.extend(self._check_products(index, data, point, blocking))
+            issues.extend(self._check_products(index, data, point, blocking, shown, moved))
         if point.check is not None and not point.check(event):
             issues.extend(self._invalid(point, event, f"$.events[{index}]", index))
         if not issues:
@@ -397,8 +453,16 @@ class PlanVersion:
         return EventVerdict(index, event_type, point.label, tuple(issues))
 
     def _check_products(
-        self, index: int, data: dict[str, Any], point: DataPoint, blocking: BlockingCategories
+        self,
+        index: int,
+        data: dict[str, Any],
+        point: DataPoint,
+        blocking: BlockingCategories,
+        shown: _ShownEvent | None = None,
+        moved: bool = False,
     ) -> Iterator[PlanIssue]:
+        """``shown``: what the partition showed of the event, when product attributes a fix rule
+        introduced block (``moved``: the event now matches another data point)."""
         unplanned: dict[str, str] = {}
         action = data.get("product_action")
         if point.product_allowed is not None and type(action) is dict:
@@ -418,7 +482,7 @@ class PlanVersion:
             )
             yield PlanIssue(
                 UNPLANNED_PRODUCT_ATTRIBUTE,
-                blocking.event_attributes,
+                blocking.event_attributes or (shown is not None and (moved or name not in shown.product_attributes)),
                 point.label,
                 f"allow product attribute {name!r} on {point.label} in plan {self.label}",
                 name,
@@ -426,18 +490,27 @@ class PlanVersion:
                 event_index=index,
             )
 
-    def _check_user_attributes(self, batch: Mapping[str, Any], blocking: BlockingCategories) -> list[PlanIssue]:
+    def _check_user_attributes(
+        self,
+        batch: Mapping[str, Any],
+        blocking: BlockingCategories,
+        shown: frozenset[str] | None = None,
+        unseen: BlockingCategories | None = None,
+    ) -> list[PlanIssue]:
+        """``shown``: the user attribute names the partition showed, when a fix rule may have added some."""
         point = self.user_attributes
         attributes = batch.get("user_attributes")
         if point is None or type(attributes) is not dict or not attributes:
             return []
         issues = []
+        if unseen is None or not unseen.user_attributes:
+            shown = None  # a new name blocks no more than one the partition showed
         if point.allowed is not None:
             for name in sorted(attributes.keys() - point.allowed):
                 issues.append(
                     PlanIssue(
                         UNPLANNED_USER_ATTRIBUTE,
-                        blocking.user_attributes,
+                        blocking.user_attributes or (shown is not None and name not in shown),
                         point.label,
                         f"allow user attribute {name!r} in plan {self.label}",
                         name,
@@ -490,6 +563,40 @@ class PlanVersion:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class _ShownEvent:
+    """What the partition showed of an event a fix rule changed: its match key and attribute names."""
+
+    key: tuple[Any, ...] | None
+    attributes: frozenset[str]
+    product_attributes: frozenset[str]
+
+    @classmethod
+    def of(cls, event: Any) -> _ShownEvent:
+        """None (no such event was shown) gives a key and names nothing matches: all of it is new."""
+        if type(event) is not dict:
+            return cls(None, frozenset(), frozenset())
+        event_type = event.get("event_type")
+        data = event.get("data")
+        data = data if type(data) is dict else _EMPTY
+        plannable = type(event_type) is str and event_type in PLANNABLE_EVENT_TYPES
+        attributes = data.get("custom_attributes")
+        products: set[str] = set()
+        action = data.get("product_action")
+        for product in _dicts(action.get("products") if type(action) is dict else None):
+            if type(product.get("custom_attributes")) is dict:
+                products.update(product["custom_attributes"])
+        for impression in _dicts(data.get("product_impressions")):
+            for product in _dicts(impression.get("products")):
+                if type(product.get("custom_attributes")) is dict:
+                    products.update(product["custom_attributes"])
+        return cls(
+            _event_key(event_type, data) if plannable else None,
+            frozenset(attributes) if type(attributes) is dict else frozenset(),
+            frozenset(products),
+        )
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class DataPlan:
     """A data plan as loaded from a Data Planning API document, every version compiled once.
@@ -497,7 +604,8 @@ class DataPlan:
     :param plan_id: the plan's ``data_plan_id``.
     :param versions: compiled versions by number.
     :param source: where the document came from (for messages).
-    :param single_version: the document was one version document (not a whole plan).
+    :param single_version: the document was one version document (not a whole plan). Even then its
+        version applies only where a version applies: named, or active for the batch's environment.
     """
 
     plan_id: str
@@ -507,11 +615,14 @@ class DataPlan:
     _chosen: dict[tuple[int | None, str], PlanVersion | str] = field(default_factory=dict, repr=False, compare=False)
 
     def version_for(self, plan_id: str | None, plan_version: int | None, environment: str) -> PlanVersion | str | None:
-        """The version a batch's ``context.data_plan`` names.
+        """The version a batch's ``context.data_plan`` names, as mParticle chooses it.
 
-        The given number; or, with none, the latest version active in the batch's environment; or
-        the only version of a single-version document. None when the batch names no plan;
-        ``"plan_mismatch"``, ``"version_missing"`` or ``"no_active_version"`` when no version applies.
+        The given number (whatever its ``activated_environment``: a batch naming it gets it); or, with
+        none, the version active in the batch's environment. A version active in no environment or in
+        the other one is never chosen for a batch that does not name it: mParticle applies the active
+        version, and a document without it (one version document, an old export) cannot tell what that
+        version blocks. None when the batch names no plan; ``"plan_mismatch"``, ``"version_missing"``
+        or ``"no_active_version"`` when the document holds no version that applies.
         """
         if not plan_id:
             return None
@@ -528,17 +639,26 @@ class DataPlan:
         active = [version for version in self.versions.values() if version.activated_environment == environment]
         if active:
             return max(active, key=lambda version: version.version)
-        if len(self.versions) == 1:
-            return next(iter(self.versions.values()))
         return NO_ACTIVE_VERSION
 
-    def check_batch(self, batch: Mapping[str, Any], blocking: BlockingCategories) -> BatchVerdict:
+    def active_environments(self) -> frozenset[str]:
+        """The environments some version of the document is active in."""
+        return frozenset(v.activated_environment for v in self.versions.values()) - {"none"}
+
+    def check_batch(
+        self, batch: Mapping[str, Any], blocking: BlockingCategories, shown: Mapping[str, Any] | None = None
+    ) -> BatchVerdict:
         """Check a batch under the version its ``context.data_plan`` names (see :meth:`version_for`)."""
-        return check_batch(self, batch, blocking)
+        return check_batch(self, batch, blocking, shown)
 
 
-def check_batch(plan: DataPlan, batch: Mapping[str, Any], blocking: BlockingCategories) -> BatchVerdict:
-    """What ``plan`` would block of one replay batch, under the version the batch names."""
+def check_batch(
+    plan: DataPlan, batch: Mapping[str, Any], blocking: BlockingCategories, shown: Mapping[str, Any] | None = None
+) -> BatchVerdict:
+    """What ``plan`` would block of one replay batch, under the version the batch names.
+
+    ``shown``: the batch as the partition showed it, before fix rules (see :meth:`PlanVersion.check`).
+    """
     environment = _environment(batch)
     context = _data_plan_context(batch) or _EMPTY
     plan_id = context.get("plan_id")
@@ -546,7 +666,7 @@ def check_batch(plan: DataPlan, batch: Mapping[str, Any], blocking: BlockingCate
     number = _version_number(context.get("plan_version"))
     version = plan.version_for(plan_id, number, environment)
     if isinstance(version, PlanVersion):
-        return version.check(batch, blocking)
+        return version.check(batch, blocking, shown)
     return BatchVerdict(version or NO_PLAN, plan_id, number, environment)
 
 
@@ -607,19 +727,35 @@ def _normalise_action(action: Any) -> Any:
     return "remove_from_wishlist" if action == "remove_from_wish_list" else action
 
 
+def _js_truthy(value: Any) -> bool:
+    """JavaScript's truthiness, which mParticle's validator (TypeScript) tests fields by: ``{}`` and ``[]``
+    are true; ``null``, absent, ``false``, ``0``, ``NaN`` and ``""`` are false."""
+    if value is None or value is False or value == "":
+        return False
+    if isinstance(value, (int, float)):
+        return value == value and value != 0  # NaN != NaN
+    return True
+
+
 def _event_key(event_type: str, data: dict[str, Any]) -> tuple[Any, ...]:
-    """The match key of an event, as mParticle's validator builds it (exact, case-sensitive strings)."""
+    """The match key of an event, as mParticle's validator builds it (exact, case-sensitive strings).
+
+    A commerce event matches on the first of ``product_action``, ``promotion_action`` and
+    ``product_impressions`` that is present by JavaScript's rule (``data_plan_event_validator.ts``
+    tests ``if (product_action)``): ``product_action: {}`` is a product action (of no action, which no
+    data point plans), not the impressions beside it.
+    """
     if event_type == "custom_event":
         return ("custom_event", data.get("custom_event_type"), data.get("event_name"))
     if event_type == "screen_view":
         return ("screen_view", data.get("screen_name"))
     action = data.get("product_action")
-    if action:
+    if _js_truthy(action):
         return ("product_action", _normalise_action(action.get("action") if type(action) is dict else None))
     promotion = data.get("promotion_action")
-    if promotion:
+    if _js_truthy(promotion):
         return ("promotion_action", promotion.get("action") if type(promotion) is dict else None)
-    if data.get("product_impressions"):
+    if _js_truthy(data.get("product_impressions")):
         return ("product_impression",)
     return ("commerce_event",)
 
@@ -628,6 +764,8 @@ def _event_label(key: tuple[Any, ...]) -> str:
     match_type = key[0]
     if match_type == "custom_event":
         return f"custom_event {_quoted(key[2])} ({key[1]})"
+    if match_type in ("product_action", "promotion_action") and key[1] is None:
+        return f"{match_type} without an action"
     if match_type in ("screen_view", "product_action", "promotion_action"):
         return f"{match_type} {_quoted(key[1])}"
     if match_type == "product_impression":

@@ -7,6 +7,13 @@ every event that would be blocked again (whole: an event is not sent with an unp
 stripped, that would duplicate the delivered event without the value being backfilled) and the restored
 user attributes if any of them would be; with ``report``, sends everything and counts what it predicts.
 Unplanned identities are only counted: mParticle drops the identity, the events still reach outputs.
+
+It errs toward holding: a wrong "allowed" sends data that mParticle blocks again while the ledger
+records it delivered. With ``hold``, a replay the document cannot check (it names another plan, a
+version the document lacks, or no version while the document lacks the one active for its environment)
+is held too, never sent on a guess; :func:`check_settings` fails the run before any data is read when
+the settings and the document alone show it. Data a fix rule introduced is checked whatever the
+partition's block metadata showed (:meth:`.plan_check.BlockingCategories.for_unseen_data`).
 """
 
 from __future__ import annotations
@@ -16,12 +23,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import InvalidSettings
 from .model import HELD, DeadLetter, Replay, SelectedEvent
 from .plan_check import (
     CHECKED,
+    NO_ACTIVE_VERSION,
+    NO_PLAN,
+    PLAN_MISMATCH,
     UNPLANNED_EVENT,
     UNPLANNED_USER_ATTRIBUTE,
     UNPLANNED_USER_IDENTITY,
+    VERSION_MISSING,
+    BatchVerdict,
     BlockingCategories,
     DataPlan,
     PlanIssue,
@@ -33,6 +46,15 @@ OFF = "off"
 MODES = (HOLD, REPORT, OFF)
 STAGE = "plan_check"
 WOULD_BE_BLOCKED_AGAIN = "would_be_blocked_again"
+CANNOT_BE_CHECKED = "cannot_be_checked"  # no version of the document applies: held, not sent on a guess
+
+# Why a replay was not checked, as the report says it.
+_NOT_CHECKED = {
+    PLAN_MISMATCH: "the replay names another plan than the document's",
+    VERSION_MISSING: "the version the replay names is not in the document",
+    NO_ACTIVE_VERSION: "the replay names no version and no version in the document is active for its environment",
+    NO_PLAN: "the replay names no plan, so no plan blocks it",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +78,20 @@ class PlanGate:
         user_attributes: dict[str, Any],
         counts: Counter[str],
         hold: Callable[[DeadLetter], None],
+        shown: tuple[list[SelectedEvent], dict[str, Any]] | None = None,
     ) -> tuple[list[SelectedEvent], dict[str, Any]]:
-        """What of ``events`` and ``user_attributes`` may be sent; the rest is held (``hold``, trail, counts)."""
+        """What of ``events`` and ``user_attributes`` may be sent; the rest is held (``hold``, trail, counts).
+
+        :param shown: the record's events and user attributes before fix rules: what a rule introduced
+            (a renamed event, a new attribute or user attribute) is checked with every category the
+            partition's block metadata could not show blocking, unless ``plan_blocking`` set it.
+        """
         probe = {**envelope, "events": [selected.event for selected in events]}
         if user_attributes:
             probe["user_attributes"] = user_attributes
-        verdict = self.plan.check_batch(probe, self.blocking)
+        verdict = self.plan.check_batch(probe, self.blocking, _as_shown(events, user_attributes, shown))
         if verdict.status != CHECKED:
-            counts[f"plan_not_checked:{verdict.status}"] += len(events) or 1
-            return events, user_attributes
+            return self._not_checked(verdict, replay, events, user_attributes, counts, hold)
         counts["plan_checked_events"] += len(events)
         if not verdict.events and not verdict.batch_issues:  # nearly always: everything is planned
             return events, user_attributes
@@ -109,6 +136,117 @@ class PlanGate:
             user_attributes = {}
         return kept, user_attributes
 
+    def _not_checked(
+        self,
+        verdict: BatchVerdict,
+        replay: Replay,
+        events: list[SelectedEvent],
+        user_attributes: dict[str, Any],
+        counts: Counter[str],
+        hold: Callable[[DeadLetter], None],
+    ) -> tuple[list[SelectedEvent], dict[str, Any]]:
+        """No version of the document applies: ``hold`` holds it all, naming why; ``report`` sends it."""
+        counts[f"plan_not_checked:{verdict.status}"] += len(events) or 1
+        if self.mode != HOLD or verdict.status == NO_PLAN:
+            return events, user_attributes
+        detail = why_not_checked(self.plan, verdict)
+        for selected in events:
+            counts["events_held"] += 1
+            replay.trail.append((HELD, CANNOT_BE_CHECKED))
+            hold(DeadLetter(replay.ref, STAGE, CANNOT_BE_CHECKED, detail, selected.event))
+        if user_attributes:
+            counts["user_attributes_held"] += len(user_attributes)
+            replay.trail.append((HELD, CANNOT_BE_CHECKED))
+            hold(DeadLetter(replay.ref, STAGE, CANNOT_BE_CHECKED, detail, user_attributes))
+        return [], {}
+
+
+def _as_shown(
+    events: list[SelectedEvent],
+    user_attributes: dict[str, Any],
+    shown: tuple[list[SelectedEvent], dict[str, Any]] | None,
+) -> dict[str, Any] | None:
+    """The batch as the partition showed it, event for event, or None when no fix rule changed anything."""
+    if shown is None:
+        return None
+    shown_events, shown_attributes = shown
+    new_user_attributes = not user_attributes.keys() <= shown_attributes.keys()
+    if (
+        not new_user_attributes
+        and len(events) == len(shown_events)
+        and all(selected.event is original.event for selected, original in zip(events, shown_events, strict=True))
+    ):
+        return None  # nearly always: no rule changed anything
+    originals = {selected.event_id: selected.event for selected in shown_events}
+    aligned = [originals.get(selected.event_id) for selected in events]
+    if not new_user_attributes and all(
+        original is selected.event for original, selected in zip(aligned, events, strict=True)
+    ):
+        return None  # an event was left out (invalid, or a rule failed), none changed
+    return {"events": aligned, "user_attributes": shown_attributes}
+
+
+def why_not_checked(plan: DataPlan, verdict: BatchVerdict) -> str:
+    """Why no version of ``plan`` applies to a replay, and what to give the run instead (no values)."""
+    source = plan.source or "the data_plan document"
+    if verdict.status == PLAN_MISMATCH:
+        return (
+            f"the replay names plan {verdict.plan_id!r}; {source} is plan {plan.plan_id!r}: give the run "
+            f"plan {verdict.plan_id!r} (data_plan = api:{verdict.plan_id})"
+        )
+    if verdict.status == VERSION_MISSING:
+        return (
+            f"the replay names version {verdict.plan_version} of plan {plan.plan_id!r}; {source} holds "
+            f"{_versions(plan)}: give the run the whole plan (data_plan = api:{plan.plan_id}) or that version"
+        )
+    if verdict.status == NO_ACTIVE_VERSION:
+        return (
+            f"the replay names no version of plan {plan.plan_id!r}, so mParticle applies the version active "
+            f"in {verdict.environment}; {source} holds {_versions(plan)}, none active there: give the run the "
+            f"whole plan (data_plan = api:{plan.plan_id}), or name the version that allows the data with "
+            "plan_version"
+        )
+    return _NOT_CHECKED.get(verdict.status, verdict.status)
+
+
+def _versions(plan: DataPlan) -> str:
+    listed = ", ".join(f"v{n} ({plan.versions[n].activated_environment})" for n in sorted(plan.versions))
+    return f"version {listed}" if len(plan.versions) == 1 else f"versions {listed}"
+
+
+def check_settings(plan: DataPlan, plan_version: str | int, environment: str | None, mode: str) -> None:
+    """Raise :class:`~.errors.InvalidSettings` when the settings and the document alone show that ``hold``
+    could check none of the replays: a numeric ``plan_version`` the document lacks, or, with ``omit``, no
+    version active for the environment the replays go to (``environment``, or any when each keeps its own).
+
+    Called before any data is read. ``report`` sends regardless (the report says what went unchecked);
+    ``keep`` names each record's own version, known only once the data is read: held then.
+    """
+    if mode != HOLD:
+        return
+    source = plan.source or "the data_plan document"
+    if isinstance(plan_version, int) and not isinstance(plan_version, bool):
+        if plan_version not in plan.versions:
+            raise InvalidSettings(
+                "plan_version",
+                f"names version {plan_version} of plan {plan.plan_id!r}, which {source} does not hold (it holds "
+                f"{_versions(plan)}): give the run the whole plan (data_plan = api:{plan.plan_id}) or that "
+                "version's document, or name a version it holds",
+            )
+        return
+    if plan_version != "omit":
+        return
+    active = plan.active_environments()
+    if (environment and environment not in active) or not active:
+        where = environment or "any environment"
+        raise InvalidSettings(
+            "data_plan",
+            f"no version in {source} is active in {where} ({_versions(plan)}); with plan_version = omit the "
+            "replays name no version, so mParticle applies the active one, which the document lacks: give "
+            f"the run the whole plan (data_plan = api:{plan.plan_id}), or name the version that allows the "
+            "data with plan_version",
+        )
+
 
 def _detail(issues: list[PlanIssue]) -> str:
     """Names, data points and what to change; never a value."""
@@ -145,10 +283,18 @@ def describe(mode: str, source: str, plan_version: str | int, counts: Mapping[st
             f"{counts.get('plan_predicted_user_attributes_blocked', 0)} user attributes."
         )
     not_checked = {k.split(":", 1)[1]: n for k, n in counts.items() if k.startswith("plan_not_checked:") and n}
-    if not_checked:
+    held_unchecked = {k: n for k, n in not_checked.items() if k != NO_PLAN} if mode == HOLD else {}
+    if held_unchecked:
         lines.append(
-            "Not checked (the plan document does not apply): "
-            + ", ".join(f"{k} {n}" for k, n in sorted(not_checked.items()))
+            "Held, not checked (no version of the plan document applies, and nothing is sent on a guess; "
+            "the held objects say what to give the run): "
+            + "; ".join(f"{n} ({_NOT_CHECKED.get(k, k)}: {k})" for k, n in sorted(held_unchecked.items()))
+        )
+    sent_unchecked = {k: n for k, n in not_checked.items() if k not in held_unchecked}
+    if sent_unchecked:
+        lines.append(
+            "Sent, not checked: "
+            + "; ".join(f"{n} ({_NOT_CHECKED.get(k, k)}: {k})" for k, n in sorted(sent_unchecked.items()))
         )
     fixes = sorted(
         ((n, k.split(":", 1)[1]) for k, n in counts.items() if k.startswith("plan_fix:") and n), reverse=True

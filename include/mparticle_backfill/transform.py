@@ -220,10 +220,11 @@ def transform(
             reject(INVALID_USER_ATTRIBUTES, problem, chunk, 0)
         else:
             attribute_chunks.append(chunk)
+    shown = (replay.events, replay.user_attributes)  # as the partition showed them, before fix rules
     replay.events, replay.user_attributes = [], {}
     if settings.plan_gate is not None and (valid or attribute_chunks):
         merged = {name: value for chunk in attribute_chunks for name, value in chunk.items()}
-        valid, merged = settings.plan_gate.apply(replay, envelope, valid, merged, counts, dead_letter)
+        valid, merged = settings.plan_gate.apply(replay, envelope, valid, merged, counts, dead_letter, shown)
         attribute_chunks = _chunks(merged, limits.MAX_USER_ATTRIBUTES)
     if not valid and not attribute_chunks:
         return replay

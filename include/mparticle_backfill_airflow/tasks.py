@@ -126,6 +126,7 @@ def plan_partition(
         try:
             document = read_data_plan(settings, s3)
             plan = load_plan(document, settings.data_plan)
+            plan_gate.check_settings(plan, settings.plan_version, settings.environment, settings.plan_check)
         except InvalidSettings as error:
             raise AirflowFailException(f"Invalid settings: {error}") from None
         s3.put_bytes(settings.state_bucket, paths.data_plan_copy, jsonio.dumps(document))

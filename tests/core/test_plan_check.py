@@ -39,6 +39,7 @@ PLANS = Path(__file__).resolve().parents[1] / "fixtures" / "plans"
 HIGGS_ID = "higgs_shop_basic_data_plan"
 BLOCK_ALL = BlockingCategories(events=True, event_attributes=True, user_attributes=True, user_identities=True)
 BLOCK_NONE = BlockingCategories()
+ALL_CATEGORIES = frozenset(plan_check.CATEGORIES)
 
 
 def higgs_document() -> dict[str, Any]:
@@ -175,6 +176,26 @@ SHOP_POINTS = (
             id="promotion-before-impressions",
         ),
         pytest.param(commerce(product_impressions=[{"products": []}]), True, "product_impression", id="impressions"),
+        # Empty values as mParticle's validator (TypeScript) tests them: {} and [] are present, "" is not.
+        pytest.param(
+            commerce(product_action={}, product_impressions=[{"products": []}]),
+            False,
+            "product_action without an action",
+            id="empty-product-action-is-a-product-action",
+        ),
+        pytest.param(
+            commerce(product_action=[], product_impressions=[{"products": []}]),
+            False,
+            "product_action without an action",
+            id="empty-list-product-action-is-a-product-action",
+        ),
+        pytest.param(
+            commerce(promotion_action={}, product_impressions=[{"products": []}]),
+            False,
+            "promotion_action without an action",
+            id="empty-promotion-action-is-a-promotion-action",
+        ),
+        pytest.param(commerce(product_impressions=[]), True, "product_impression", id="empty-impressions-are-present"),
         pytest.param(
             commerce(shopping_cart={}),
             False,
@@ -528,18 +549,59 @@ def test_categories_are_inferred_from_the_records_of_a_partition(real_record):
     assert blocking_from_metadata(real_record["context"]["data_plan"]["block_metadata"]) == BLOCK_ALL
     records = [{"blocked_user_attributes": ["tier"]}, {"blocked_event_ids": []}, {"blocked_event_ids": ["1"]}]
     inferred = infer_blocking(blocking_from_metadata(record) for record in records)
-    assert inferred == BlockingCategories(events=True, user_attributes=True)
-    assert infer_blocking([]) == BlockingCategories()
+    assert inferred == BlockingCategories(events=True, user_attributes=True, inferred=ALL_CATEGORIES)
+    assert infer_blocking([]) == BlockingCategories(inferred=ALL_CATEGORIES)
     counts = {"events": 3, "event_attributes": 0, "user_attributes": 1, "user_identities": 0}
-    assert infer_blocking(counts) == BlockingCategories(events=True, user_attributes=True)
+    assert infer_blocking(counts) == BlockingCategories(events=True, user_attributes=True, inferred=ALL_CATEGORIES)
     assert infer_blocking(counts, override={"events": False, "user_identities": True}) == BlockingCategories(
-        user_attributes=True, user_identities=True
+        user_attributes=True, user_identities=True, inferred=frozenset({"event_attributes", "user_attributes"})
     )
     setting = {"events": True, "event_attributes": False, "user_attributes": False, "user_identities": True}
     assert BlockingCategories.from_setting(setting) == BlockingCategories(events=True, user_identities=True)
     assert BlockingCategories(events=True) | BlockingCategories(user_identities=True) == BlockingCategories(
         events=True, user_identities=True
     )
+
+
+def test_data_a_fix_rule_introduced_is_checked_whatever_the_partition_showed():
+    """The partition showed no category blocked: what it showed keeps that; what a rule introduced does not."""
+    plan = load_plan(
+        version_document(
+            data_point(
+                "custom_event", event_schema(closed("label")), event_name="Sign Up", custom_event_type="navigation"
+            ),
+            data_point("user_attributes", closed("tier")),
+        ),
+        "v",
+    )
+    shown_events = [custom(seats=1), custom(), custom(label="a"), custom(seats="1")]
+    fixed_events = [
+        shown_events[0],  # not changed: its unplanned 'seats' was shown, and not blocked
+        custom("Register"),  # rename_event: an event the partition never showed
+        custom(label="a", promo="x"),  # set_event_attribute: an attribute it never showed
+        custom(seats=1),  # cast_event_attribute: 'seats' was shown
+    ]
+    shown = {"events": shown_events, "user_attributes": {"tier": "gold", "legacy": 1}}
+    fixed = batch(*fixed_events, user_attributes={"tier": "gold", "legacy": 1, "plan_fixed": True})
+    nothing_shown_blocked = infer_blocking(dict.fromkeys(plan_check.CATEGORIES, 0))
+
+    verdict = check_batch(plan, fixed, nothing_shown_blocked, shown)
+    assert [(issue.event_index, issue.reason, issue.name, issue.blocked) for issue in verdict.issues] == [
+        (0, UNPLANNED_EVENT_ATTRIBUTE, "seats", False),
+        (1, UNPLANNED_EVENT, None, True),
+        (2, UNPLANNED_EVENT_ATTRIBUTE, "promo", True),
+        (3, UNPLANNED_EVENT_ATTRIBUTE, "seats", False),
+        (None, UNPLANNED_USER_ATTRIBUTE, "legacy", False),
+        (None, UNPLANNED_USER_ATTRIBUTE, "plan_fixed", True),
+    ]
+    assert verdict.blocked_event_indexes == (1,)
+    # Without what the partition showed, the inference alone decides (nothing blocks).
+    assert not check_batch(plan, fixed, nothing_shown_blocked).blocked
+    # plan_blocking, a setting, is not an inference: it decides for introduced data too.
+    settled = infer_blocking(dict.fromkeys(plan_check.CATEGORIES, 0), {"events": False, "user_attributes": False})
+    assert [(i.name, i.blocked) for i in check_batch(plan, fixed, settled, shown).issues if i.blocked] == [
+        ("promo", True)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -592,7 +654,24 @@ MULTI = whole_plan(
             NO_ACTIVE_VERSION,
             id="none-active",
         ),
-        pytest.param(version_document(version=7, environment="none"), "shop", None, "production", 7, id="single"),
+        pytest.param(version_document(version=7), "shop", None, "production", 7, id="single-active"),
+        pytest.param(version_document(version=7, environment="none"), "shop", 7, "production", 7, id="single-named"),
+        pytest.param(
+            version_document(version=7, environment="none"),
+            "shop",
+            None,
+            "production",
+            NO_ACTIVE_VERSION,
+            id="single-not-active",
+        ),
+        pytest.param(
+            version_document(version=7, environment="development"),
+            "shop",
+            None,
+            "production",
+            NO_ACTIVE_VERSION,
+            id="single-active-in-the-other-environment",
+        ),
         pytest.param(version_document(version=7), "shop", 6, "production", VERSION_MISSING, id="single-other-number"),
     ],
 )
@@ -624,6 +703,30 @@ def test_check_batch_uses_the_version_the_batch_names(context, environment, stat
     assert (verdict.status, verdict.plan_version) == (status, version)
     assert verdict.blocked is (status == "checked")
     assert plan.check_batch(sent, BLOCK_ALL) == verdict
+
+
+# The data_plan holds only v2's version document, which allows the data; v1, active, blocks it.
+@pytest.mark.parametrize(
+    "v2_environment",
+    [
+        pytest.param("none", id="v2-active-nowhere"),
+        pytest.param("production", id="v2-active-in-the-other-environment"),
+    ],
+)
+def test_a_version_not_active_for_the_environment_is_trusted_only_when_named(v2_environment):
+    plan = load_plan(
+        version_document(
+            data_point("custom_event", event_name="Sign Up", custom_event_type="navigation"),
+            version=2,
+            environment=v2_environment,
+        ),
+        "v2.json",
+    )
+    # plan_version = omit: mParticle applies the version active in development, which the document lacks.
+    unnamed = check_batch(plan, batch(custom(), environment="development"), BLOCK_ALL)
+    assert (unnamed.status, unnamed.plan_version) == (NO_ACTIVE_VERSION, None)
+    named = check_batch(plan, batch(custom(), plan_version=2, environment="development"), BLOCK_ALL)
+    assert (named.status, named.plan_version, named.issues) == ("checked", 2, ())
 
 
 def test_a_whole_plan_and_its_version_document_check_alike():
