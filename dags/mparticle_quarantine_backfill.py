@@ -43,6 +43,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Variable, dag, get_curre
 from mparticle_backfill_airflow import backfills, tasks
 from mparticle_backfill_airflow.operators import MParticleReportOperator, MParticleSendOperator
 from mparticle_backfill_airflow.params import run_params
+from mparticle_backfill_airflow.run_state import run_state_of
 
 
 def build(backfill: backfills.Backfill) -> DAG:
@@ -80,7 +81,8 @@ def build(backfill: backfills.Backfill) -> DAG:
                 run_after=dag_run.run_after,
                 s3=tasks.quarantine_s3(backfill.aws_conn_id),
                 dag_id=dag_run.dag_id,
-                run_state=context["ti"].get_dagrun_state,  # a lock whose run is alive is never taken over
+                # A lock whose run is alive is never taken over; one whose run ended or is gone, at once.
+                run_state=run_state_of(context["ti"].get_dagrun_state),
                 run_type=dag_run.run_type,  # scheduled and backfill runs process their own date
             )
 

@@ -153,3 +153,29 @@ def test_release_never_deletes_a_lock_another_run_took_in_between(store, s3, mon
     monkeypatch.setattr(store, "read_object", read_then_lose_the_lock)
     assert release(store, "mine") is False
     assert holder(s3).run_id == "thief"
+
+
+def test_what_the_execution_api_answers_becomes_the_holders_state():
+    """The callback the DAG gives the lock, over Airflow's own error for an unknown run (the execution API
+    answers 404, the task SDK raises AirflowRuntimeError): missing, so the lock is free at once. Any other
+    error: Airflow could not tell (the heartbeat's age decides). The scheduler test checks both through a
+    real api-server."""
+    from airflow.sdk.exceptions import AirflowRuntimeError, ErrorType
+    from airflow.sdk.execution_time.comms import ErrorResponse
+
+    from mparticle_backfill_airflow.run_state import run_state_of
+
+    def api(status: int):
+        def get_dagrun_state(dag_id, run_id):
+            detail = {"status_code": status, "message": "Dag run not found", "detail": None}
+            raise AirflowRuntimeError(ErrorResponse(error=ErrorType.API_SERVER_ERROR, detail=detail))
+
+        return get_dagrun_state
+
+    from airflow.sdk.api.datamodels._generated import DagRunState  # what get_dagrun_state returns in a task
+
+    assert run_state_of(lambda dag_id, run_id: "failed")("d", "r") == "failed"
+    assert run_state_of(lambda dag_id, run_id: DagRunState.RUNNING)("d", "r") == "running"  # as the SDK returns it
+    assert run_state_of(api(404))("d", "r") == "missing"
+    with pytest.raises(AirflowRuntimeError):
+        run_state_of(api(500))("d", "r")

@@ -296,6 +296,28 @@ def test_backfills_and_a_crash_mid_send_as_production_meets_them(airflow_db, s3,
         airflow_cli("tasks", "clear", DAG_ID, "--start-date", crash_at, "--end-date", crash_at, "--yes")
         emulator.state.latency_ms = 0
         assert wait_until("the crashed run", finished({"crash_run"}), 300, every=2) == {"crash_run": "success"}
+
+        # 4. Locks left by runs that are over, as Airflow itself answers for them (not a stand-in): one held
+        # by a run that failed (the intruder), one by a run Airflow has no record of (deleted). Both fresh,
+        # far from lock_ttl_hours: each is taken over at once, and the date's run succeeds.
+        fresh = datetime.now(timezone.utc).isoformat()
+        for day, holder in ((DAYS[0], "intruder"), (DAYS[1], "deleted_run")):
+            s3.put_object(
+                Bucket=BUCKET,
+                Key=f"{PREFIX}/_backfill/{day}/lock.json",
+                Body=json.dumps({
+                    "run_key": holder, "run_id": holder, "dag_id": DAG_ID, "acquired_at": fresh, "heartbeat_at": fresh,
+                }),
+            )  # fmt: skip
+            airflow_cli(
+                "dags", "trigger", DAG_ID, "--run-id", f"after_{holder}",
+                "--conf", json.dumps({"partition_date": day, "reference_time": WINDOW_END}),
+                "--logical-date", f"{day}T15:00:00+00:00",
+            )  # fmt: skip
+        after = {"after_intruder", "after_deleted_run"}
+        assert wait_until("the runs after ended holders", finished(after), 300, every=2) == dict.fromkeys(
+            after, "success"
+        )
     finally:
         for process in processes:
             os.killpg(process.pid, signal.SIGTERM)
