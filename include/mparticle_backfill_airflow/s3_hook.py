@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import shutil
 import sys
@@ -13,7 +14,9 @@ from datetime import date
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from botocore.exceptions import ClientError
+from botocore.config import Config
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from mparticle_backfill import jsonio, stage_codec
 from mparticle_backfill.extract import open_object
@@ -23,6 +26,29 @@ from mparticle_backfill.settings import ledger_part_wanted
 
 S3_CONN_ID = "mparticle_quarantine_s3"  # the default connection (also in tasks.S3_CONN_ID)
 
+# botocore's own retries and timeouts for every S3 request of the backfill, where the connection's extra
+# ``config_kwargs`` (or a hook's ``config``) says nothing (:func:`client_config`). "standard": a 503
+# SlowDown, a 500, a reset connection or a timeout is retried with exponential backoff and jitter (1 s
+# base for throttling, capped at 20 s a wait), up to 10 attempts in all (~1-2 minutes of S3 refusing
+# before the task fails and Airflow retries it). Not "adaptive": its client-side rate limiter is per
+# process, and the backfill's S3 load is spread over many task processes.
+S3_CLIENT_DEFAULTS: dict[str, Any] = {
+    "retries": {"mode": "standard", "total_max_attempts": 10},
+    "connect_timeout": 10,
+    "read_timeout": 60,
+}
+# Breaks in a row (no byte read in between) after which reading an object's body gives up.
+MAX_BODY_RESUMES = 5
+
+log = logging.getLogger(__name__)
+
+
+class ObjectReadError(Exception):
+    """An object's body could not be read to its end (the connection kept breaking, or the object changed
+    while it was read). Not an :class:`OSError`: a reader that takes an OSError for a damaged object
+    (a corrupt gzip stream is dead-lettered) never takes this one for it. The task fails and Airflow's
+    retry reads the object again from its start."""
+
 
 class QuarantineS3Hook(S3Hook):
     """S3 for the backfill: list a partition, stream an object, write and read stage files, the ledger
@@ -30,7 +56,13 @@ class QuarantineS3Hook(S3Hook):
 
     Uses an ``aws`` connection (default id ``mparticle_quarantine_s3``) whose extra may carry
     ``endpoint_url`` (MinIO, a local moto server) and everything else :class:`S3Hook` understands
-    (region, role, server-side encryption for what the backfill writes).
+    (region, role, server-side encryption for what the backfill writes), and ``config_kwargs``, botocore's
+    client config: what it leaves unset of retries and timeouts is :data:`S3_CLIENT_DEFAULTS`.
+
+    S3 misbehaving: a request S3 refuses (503 SlowDown, 500) or that breaks before its answer (a reset,
+    a timeout) is retried by botocore. A body that breaks off after the answer began is resumed where it
+    stopped (:class:`ResumableBody`). A conditional write whose answer was lost and whose retry is
+    refused by the object it wrote itself counts as written.
 
     :param aws_conn_id: the connection of the quarantine (and state) buckets.
     """
@@ -57,6 +89,12 @@ class QuarantineS3Hook(S3Hook):
             pass
         return "Unknown"
 
+    @property
+    def config(self) -> Config:
+        """The botocore config of this hook's clients: the connection's (or the hook's), completed with
+        :data:`S3_CLIENT_DEFAULTS`."""
+        return client_config(self.conn_config.botocore_config)
+
     def list_partition(self, bucket: str, layout: PartitionLayout, day: date) -> tuple[list[str], int]:
         """Keys of the partition's quarantine objects (sorted), and how many verification objects were skipped."""
         keys: list[str] = []
@@ -68,9 +106,9 @@ class QuarantineS3Hook(S3Hook):
                 keys.append(key)
         return sorted(keys), skipped
 
-    def object_stream(self, bucket: str, key: str) -> Any:
-        """The object's body as a stream (botocore StreamingBody)."""
-        return self.conn.get_object(Bucket=bucket, Key=key)["Body"]
+    def object_stream(self, bucket: str, key: str) -> ResumableBody:
+        """The object's body as a stream that resumes where its connection broke (:class:`ResumableBody`)."""
+        return ResumableBody(self.conn, bucket, key)
 
     def read_lines(self, bucket: str, key: str) -> Iterator[bytes]:
         """Non-empty lines of an object (gzip or plain)."""
@@ -119,24 +157,39 @@ class QuarantineS3Hook(S3Hook):
         self.conn.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **self.extra_args)
 
     def create_if_absent(self, bucket: str, key: str, body: bytes) -> bool:
-        """Write the object only if no object has that key (S3 conditional write); False if one exists."""
+        """Write the object only if no object has that key (S3 conditional write); False if one exists.
+
+        A write botocore retried (its answer was lost: a reset, a timeout) may have gone through the first
+        time; the retry is then refused by the object that write made. Refused after a retry, the write
+        counts as done if the object holds exactly ``body``."""
         try:
             self.conn.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         except ClientError as error:
             if _status(error) in (409, 412):  # 412 Precondition Failed; 409 a concurrent conditional write
-                return False
+                return _retried(error) and self._holds(bucket, key, body)
             raise
         return True
 
     def replace_if_unchanged(self, bucket: str, key: str, body: bytes, etag: str) -> bool:
-        """Overwrite the object only if it is still the version ``etag`` names; False if it changed."""
+        """Overwrite the object only if it is still the version ``etag`` names; False if it changed.
+
+        Refused after a botocore retry, the write counts as done if the object holds exactly ``body`` (the
+        first attempt went through; its answer was lost)."""
         try:
             self.conn.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=etag)
         except ClientError as error:
             if _status(error) in (404, 409, 412):
-                return False
+                return _status(error) != 404 and _retried(error) and self._holds(bucket, key, body)
             raise
         return True
+
+    def _holds(self, bucket: str, key: str, body: bytes) -> bool:
+        """Whether the object holds exactly ``body`` (a conditional write refused on a retry)."""
+        found = self.read_object(bucket, key)
+        written = found is not None and found[0] == body
+        outcome = "the first attempt had gone through" if written else "another writer's object is there"
+        log.info("Conditional write of s3://%s/%s refused on a retry: %s", bucket, key, outcome)
+        return written
 
     def read_object(self, bucket: str, key: str) -> tuple[bytes, str] | None:
         """An object's content and ETag, or None if there is no such object."""
@@ -146,13 +199,20 @@ class QuarantineS3Hook(S3Hook):
             if _status(error) == 404:
                 return None
             raise
-        return response["Body"].read(), response["ETag"]
+        with ResumableBody(self.conn, bucket, key, response) as body:
+            return body.readall(), body.etag
 
     def delete_if_unchanged(self, bucket: str, key: str, etag: str) -> bool:
-        """Delete the object only if it is still the version ``etag`` names; False if it changed or is gone."""
+        """Delete the object only if it is still the version ``etag`` names; False if it changed or is gone.
+
+        Gone (404) after a botocore retry counts as deleted: the first attempt went through, its answer
+        was lost."""
         try:
             self.conn.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
         except ClientError as error:
+            if _status(error) == 404 and _retried(error):
+                log.info("Delete of s3://%s/%s: gone on a retry, the first attempt had gone through", bucket, key)
+                return True
             if _status(error) in (404, 409, 412):
                 return False
             raise
@@ -182,8 +242,121 @@ def open_zstd(stream: Any) -> io.BufferedReader:
     return io.BufferedReader(reader, 1 << 20)
 
 
+def client_config(given: Config | None) -> Config:
+    """A botocore config: what ``given`` sets (the connection's ``config_kwargs`` or a hook's ``config``),
+    and for what it leaves unset :data:`S3_CLIENT_DEFAULTS` (in ``retries`` key by key: a connection
+    that sets only ``max_attempts`` keeps the standard mode)."""
+    retries = dict(S3_CLIENT_DEFAULTS["retries"])
+    chosen = dict(given.retries or {}) if given is not None else {}
+    if "max_attempts" in chosen or "total_max_attempts" in chosen:
+        del retries["total_max_attempts"]
+    retries.update(chosen)
+    config = Config(**S3_CLIENT_DEFAULTS)
+    if given is not None:
+        config = config.merge(given)
+    return config.merge(Config(retries=retries))
+
+
 def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _retried(error: ClientError) -> bool:
+    """Whether botocore sent the request more than once before this answer."""
+    return int(error.response.get("ResponseMetadata", {}).get("RetryAttempts") or 0) > 0
+
+
+# What breaks a body after its answer began: the connection reset or closed (ResponseStreamingError,
+# ConnectionClosedError), a read timeout (ReadTimeoutError, which is also an OSError), fewer bytes than
+# the answer announced (IncompleteReadError). botocore retries requests, not bodies.
+_BODY_BREAKS = (HTTPClientError, IncompleteReadError, BotocoreConnectionError)
+
+
+class ResumableBody(io.RawIOBase):
+    """An object's body as a raw stream that resumes where its connection broke off.
+
+    botocore retries a request S3 refuses or that breaks before its answer, but not a body cut off after
+    the answer began (a reset connection, a read timeout, mid-object). Such a break is resumed with a
+    ranged GET from the first byte not yet read, pinned to the version first read (``If-Match`` its ETag),
+    so the bytes read are the object's, each once, in order: a line or frame is never read twice nor cut.
+    The body read must reach the length the object announced, else it is a break too: a partial gzip or
+    zstd body is never taken for a whole one. After :data:`MAX_BODY_RESUMES` breaks in a row with no byte
+    read between them, or if the object changed, it raises :class:`ObjectReadError`.
+
+    :param client: the S3 client.
+    :param response: the GetObject answer whose body to read (default: a GetObject of the object).
+    """
+
+    def __init__(self, client: Any, bucket: str, key: str, response: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._client, self.bucket, self.key = client, bucket, key
+        if response is None:
+            response = client.get_object(Bucket=bucket, Key=key)
+        self._body: Any = response["Body"]
+        self.etag: str = response["ETag"]
+        self.length = int(response["ContentLength"])
+        self.position = 0
+        self._breaks = 0  # in a row, without a byte read in between
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            try:
+                if self._body is None:
+                    self._body = self._rest()
+                size = self._body.readinto(buffer)
+                if size == 0 and len(buffer) and self.position < self.length:
+                    raise IncompleteReadError(actual_bytes=self.position, expected_bytes=self.length)
+            except _BODY_BREAKS as error:
+                self._broke(error)
+                continue
+            except ClientError as error:  # a resume S3 still refuses (503) after botocore's retries
+                if _status(error) < 500:
+                    raise
+                self._broke(error)
+                continue
+            self.position += size
+            if size:
+                self._breaks = 0
+            return size
+
+    def _rest(self) -> Any:
+        """The body from the first byte not yet read, of the same version."""
+        try:
+            response = self._client.get_object(
+                Bucket=self.bucket, Key=self.key, Range=f"bytes={self.position}-", IfMatch=self.etag
+            )
+        except ClientError as error:
+            if _status(error) in (404, 412):
+                raise ObjectReadError(
+                    f"s3://{self.bucket}/{self.key} changed or was removed while it was read (at byte "
+                    f"{self.position:,} of {self.length:,}); the task's retry reads it again from its start"
+                ) from error
+            raise
+        return response["Body"]
+
+    def _broke(self, error: Exception) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+        self._breaks += 1
+        if self._breaks > MAX_BODY_RESUMES:
+            raise ObjectReadError(
+                f"s3://{self.bucket}/{self.key}: reading broke off {self._breaks} times in a row at byte "
+                f"{self.position:,} of {self.length:,} ({error}); the task's retry reads it again from its start"
+            ) from error
+        log.warning(
+            "s3://%s/%s: the body broke off at byte %d of %d (%s); resuming there",
+            self.bucket, self.key, self.position, self.length, type(error).__name__,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+        super().close()
 
 
 class StageFileWriter:
