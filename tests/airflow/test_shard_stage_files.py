@@ -15,6 +15,13 @@ from tests.core.test_replay_stages import replay_of
 pytestmark = pytest.mark.airflow
 
 
+@pytest.fixture(autouse=True)
+def own_tempdir(tmp_path, monkeypatch):
+    """Local stage files go to a folder of this test's own: leftovers are counted there, not in /tmp, where
+    another process's tasks (a run beside the suite) may create and remove their own at any time."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
 @pytest.fixture
 def store(s3, connections):
     from mparticle_backfill_airflow.s3_hook import QuarantineS3Hook
