@@ -38,7 +38,7 @@ URGENT_DAYS = 3
 RUNNING = "running"  # a run works on it now (its lock.json, or an Airflow run of that date queued/running)
 FAILED = "failed"  # its latest Airflow run failed without writing a report
 NEVER = "never"  # no report of a run that sent (dry runs do not count)
-PARTLY = "partly"  # the latest report has dead letters or held records, or did not reconcile
+PARTLY = "partly"  # the latest report has dead letters or held data, or did not reconcile
 BACKFILLED = "backfilled"  # the latest report: everything replayed, too old or already replayed
 STATES = (RUNNING, FAILED, NEVER, PARTLY, BACKFILLED)
 STATE_LABELS = {
@@ -149,6 +149,12 @@ class RunReport:
     dead_letter_objects: int
     max_age_days: int | None
     held_objects: int = 0  # what the plan check held back (``<date>/held/<run_key>/``)
+    # Parts of records held back (not sent) while the rest of the record was replayed: events a data plan
+    # would block again (or no route takes) and user attributes. The record counts as replayed.
+    held_events: int = 0
+    held_user_attributes: int = 0
+    plan_check: str | None = None  # the run's plan_check: hold, report or off (None: an older report)
+    payloads: bool = False  # a dry run wrote the requests it would have sent (``<date>/payloads/<run_key>/``)
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any], written_at: datetime | str | None = None) -> RunReport | None:
@@ -167,6 +173,8 @@ class RunReport:
         for outcome, by_reason in reasons.items():
             totals.setdefault(outcome, sum(by_reason.values()))
         settings = value.get("settings") if isinstance(value.get("settings"), Mapping) else {}
+        counts = summary.get("counts") if isinstance(summary.get("counts"), Mapping) else {}
+        plan_check = value.get("plan_check") if isinstance(value.get("plan_check"), Mapping) else {}
         read = summary.get("records_read")
         return cls(
             partition_date=day,
@@ -181,6 +189,11 @@ class RunReport:
             dead_letter_objects=len(value.get("dead_letters") or []),
             max_age_days=_int(settings.get("max_age_days")) or None,
             held_objects=len(value.get("held") or []) if isinstance(value.get("held"), list) else 0,
+            # events_held (the plan check) and events_held:no_route (routing): both wait in the held objects
+            held_events=sum(_int(n) for name, n in counts.items() if str(name).split(":")[0] == "events_held"),
+            held_user_attributes=_int(counts.get("user_attributes_held")),
+            plan_check=str(plan_check["mode"]) if plan_check.get("mode") else None,
+            payloads=bool(value.get("payloads")),
         )
 
     def total(self, outcome: str) -> int:
@@ -190,6 +203,17 @@ class RunReport:
     def waiting(self) -> int:
         """Records still waiting for someone: dead-lettered or held."""
         return sum(self.total(outcome) for outcome in WAITING_OUTCOMES)
+
+    @property
+    def held_back(self) -> int:
+        """Events and user attributes held back from records that were otherwise replayed."""
+        return self.held_events + self.held_user_attributes
+
+    @property
+    def complete(self) -> bool:
+        """Nothing of the run waits for anyone (no dead letters, nothing held, whole records or parts of
+        them) and its counts reconcile."""
+        return self.reconciled and not (self.waiting or self.held_back or self.held_objects)
 
     @property
     def sort_key(self) -> tuple[datetime, str]:
@@ -252,9 +276,7 @@ def date_state(latest_report: RunReport | None, active: bool, latest_run_failed:
         return FAILED
     if latest_report is None:
         return NEVER
-    if latest_report.waiting or not latest_report.reconciled:
-        return PARTLY
-    return BACKFILLED
+    return BACKFILLED if latest_report.complete else PARTLY
 
 
 @dataclass(frozen=True)
@@ -269,6 +291,7 @@ class RunSummary:
     report_json_url: str | None
     dead_letters_url: str | None
     held_url: str | None = None
+    payloads_url: str | None = None  # a dry run's requests
 
 
 @dataclass(frozen=True)
@@ -359,6 +382,10 @@ def _run_json(run: RunSummary) -> dict[str, Any]:
         "report_url": run.report_url,
         "dead_letters_url": run.dead_letters_url,
         "held_url": run.held_url,
+        "payloads_url": run.payloads_url,
+        "held_events": report.held_events,
+        "held_user_attributes": report.held_user_attributes,
+        "plan_check": report.plan_check,
     }
 
 
@@ -441,12 +468,17 @@ def build_overview(
             report=report,
             run_id=run_id,
             airflow_state=run.state if run else None,
-            grid_url=airflow_url(airflow_base, "dags", dag_id, "runs", run_id) if run_id else None,
+            # Only a run Airflow still has (``airflow db clean``, or dag.test() replacing a run, removes it):
+            # the report names its run either way, but Airflow has no page for a run it no longer knows.
+            grid_url=airflow_url(airflow_base, "dags", dag_id, "runs", run.run_id) if run else None,
             report_url=s3_url(state_bucket, paths.report("md")) if s3_url else None,
             report_json_url=s3_url(state_bucket, paths.report("json")) if s3_url else None,
             dead_letters_url=s3_url(state_bucket, dead_letters) if s3_url and report.dead_letter_objects else None,
             held_url=s3_url(state_bucket, f"{paths.partition}/held/{report.run_key}/")
             if s3_url and report.held_objects
+            else None,
+            payloads_url=s3_url(state_bucket, f"{paths.partition}/payloads/{report.run_key}/")
+            if s3_url and report.payloads
             else None,
         )
 

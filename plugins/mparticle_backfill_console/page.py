@@ -58,7 +58,8 @@ def _link(url: str | None, text: str, *, kind: str, title: str = "") -> str:
 
 
 def _reasons(run: RunSummary, outcomes: Iterable[str]) -> str:
-    """Reasons of the outcomes that wait for someone (dead letters, held), biggest first."""
+    """Reasons of the outcomes that wait for someone (dead letters, held), biggest first; then the parts of
+    replayed records that were held back."""
     parts = []
     for outcome in outcomes:
         reasons = run.report.reasons.get(outcome, {})
@@ -66,6 +67,12 @@ def _reasons(run: RunSummary, outcomes: Iterable[str]) -> str:
             if count and outcome in WAITING_OUTCOMES:
                 prefix = "" if outcome == "dead_lettered" else f"{outcome_label(outcome)}: "
                 parts.append(f'<span class="reason">{escape(prefix + reason[:80])} <b>{count:,}</b></span>')
+    report = run.report
+    held = [(report.held_events, "event"), (report.held_user_attributes, "user attribute")]
+    if report.held_back:
+        what = ", ".join(f"<b>{n:,}</b> {name}{'s' if n != 1 else ''}" for n, name in held if n)
+        tip = "not sent: in the held objects, sent by a later run of the date once the plan (or a route) allows them"
+        parts.append(f'<span class="reason" title="{tip}">held back: {what}</span>')
     return " ".join(parts)
 
 
@@ -132,6 +139,9 @@ def _row(row: DateRow, overview: Overview) -> str:
         links.append(_link(latest.report_url, "report", kind="s3", title="the latest report (Markdown, in S3)"))
         links.append(_link(latest.dead_letters_url, "dead letters", kind="s3", title="the latest run's dead letters"))
         links.append(_link(latest.held_url, "held", kind="s3", title="what the latest run's plan check held back"))
+        links.append(
+            _link(latest.payloads_url, "payloads", kind="s3", title="the requests the dry run would have sent")
+        )
     shown = " \u00b7 ".join(link for link in links if link)
     cells.append(f'<td class="links"><div>{toggle} {trigger}</div><div class="small">{shown}</div></td>')
     classes = f"row state-{row.state}" + (" is-urgent" if row.urgent else "")
@@ -148,13 +158,14 @@ def _history(row: DateRow, overview: Overview) -> str:
     for run in row.history:
         report = run.report
         written = report.written_at.strftime("%Y-%m-%d %H:%M UTC") if report.written_at else ""
-        name = _link(run.grid_url, run.run_id, kind="airflow") if run.grid_url else escape(report.run_key)
+        name = _link(run.grid_url, run.run_id, kind="airflow") if run.grid_url else escape(run.run_id or report.run_key)
         flags = " ".join(
             flag
             for flag in (
                 "dry run" if report.dry_run else "",
                 "" if report.reconciled else "not reconciled",
                 run.airflow_state or "",
+                f"plan check: {report.plan_check}" if report.plan_check not in (None, "off") else "",
             )
             if flag
         )
@@ -166,6 +177,7 @@ def _history(row: DateRow, overview: Overview) -> str:
                 _link(run.report_json_url, "json", kind="s3"),
                 _link(run.dead_letters_url, "dead letters", kind="s3"),
                 _link(run.held_url, "held", kind="s3"),
+                _link(run.payloads_url, "payloads", kind="s3"),
             )
             if link
         )
@@ -261,8 +273,9 @@ def render_page(
 <footer>
   <p><b>State</b>: <i>running</i> a run of the date is queued or running, or holds its lock;
   <i>failed</i> its latest run failed before writing a report; <i>never backfilled</i> no report of a run that
-  sent (dry runs do not count); <i>partly</i> the latest report has dead-lettered or held records, or does not
-  reconcile; <i>backfilled</i> everything else was replayed, already replayed, too old or had nothing to replay.
+  sent (dry runs do not count); <i>partly</i> the latest report has dead-lettered or held records, held back
+  events or user attributes of replayed records (a data plan would block them again), or does not reconcile;
+  <i>backfilled</i> everything else was replayed, already replayed, too old or had nothing to replay.
   Figures are the latest report's (history: every run's report of the date). <b>Days left</b>: until the date's
   oldest data (its midnight, UTC) is older than <code>max_age_days</code>; highlighted under {URGENT_DAYS} days
   when the date is not done.</p>

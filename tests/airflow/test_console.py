@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import partial
+from html import unescape
 from urllib.parse import quote
 
 import airflow  # noqa: F401  (like every Airflow component, puts the plugins folder, ROOT/plugins here, on sys.path)
@@ -26,12 +30,13 @@ from mparticle_backfill_console.overview import (
 
 from mparticle_backfill.settings import run_key
 from mparticle_backfill_airflow.links import s3_browser_url
-from tests.airflow.conftest import BUCKET, PREFIX, airflow_cli
+from tests.airflow.conftest import API_KEY, API_SECRET, BUCKET, PREFIX, airflow_cli
+from tests.fixtures.console import real_runs as real
+from tests.fixtures.console.real_runs import recorded_report
 from tests.fixtures.console.seed import (
     FULL,
     add_dag_runs,
     console_scenario,
-    fixture_report,
     make_report,
     put_lock,
     put_quarantine,
@@ -96,20 +101,24 @@ def test_quarantine_dates_by_layout(listed, layout, expected):
 
 
 def test_a_report_is_read_as_the_report_task_writes_it():
-    read = RunReport.from_json(fixture_report(), written_at="2026-11-21T00:05:00Z")
-    assert (read.partition_date, read.run_key, read.records_read) == (D, "scheduled__2026-11-21T00_00_00_00_00", 600)
+    written = recorded_report("mixed")  # as a real run's report task wrote it (tests/fixtures/console/real_runs.py)
+    read = RunReport.from_json(written, written_at=written["written_at"])
+    run_id = written["run_id"]
+    assert (read.partition_date, read.run_key, read.run_id) == (real.MIXED_DAY, run_key(run_id), run_id)
+    assert read.records_read == 7
     assert dict(read.totals) == {
-        "replayed": 431, "dead_lettered": 8, "already_replayed": 0, "too_old": 149, "nothing_to_replay": 12,
+        "replayed": 3, "held": 0, "dead_lettered": 2, "already_replayed": 1, "too_old": 1, "nothing_to_replay": 0,
     }  # fmt: skip
-    assert read.reasons["dead_lettered"] == {"invalid_json": 6, "no_resolvable_identity": 2}
-    assert (read.waiting, read.reconciled, read.dead_letter_objects, read.max_age_days) == (8, True, 2, 14)
-    assert read.written_at == datetime(2026, 11, 21, 0, 5, tzinfo=timezone.utc)
+    assert read.reasons["dead_lettered"] == {"invalid_json": 1, "no_resolvable_identity": 1}
+    assert (read.waiting, read.reconciled, read.dead_letter_objects, read.max_age_days) == (2, True, 2, 14)
+    assert read.written_at == datetime.fromisoformat(written["written_at"])
     assert RunReport.from_json({"run": "x"}) is None  # not a report
 
 
 def test_outcomes_are_generic_columns_from_totals_and_summary():
-    held = fixture_report()
+    held = recorded_report("mixed", D)
     held["summary"]["outcomes"].append(["held", "plan_blocks_again", 5])  # only in summary.outcomes
+    del held["totals"]["held"]
     held["totals"]["quarantined_again"] = 3  # an outcome nobody knows yet, only in totals
     view = build(quarantine=[D], reports=[held | {"written_at": NOW}])
     assert view.outcomes == (
@@ -129,7 +138,7 @@ def test_outcomes_are_generic_columns_from_totals_and_summary():
         pytest.param([], [], {}, NEVER, id="no-run"),
         pytest.param([report(D, "manual__1", dry_run=True)], [], {}, NEVER, id="dry-run-only"),
         pytest.param([report(D, scheduled(D))], [], {}, BACKFILLED, id="all-replayed-or-too-old"),
-        pytest.param([fixture_report() | {"written_at": NOW}], [], {}, PARTLY, id="dead-letters"),
+        pytest.param([recorded_report("mixed", D) | {"written_at": NOW}], [], {}, PARTLY, id="dead-letters"),
         pytest.param([report(D, "m", {("held", "plan"): 4, **FULL})], [], {}, PARTLY, id="held"),
         pytest.param([report(D, "m", reconciled=False)], [], {}, PARTLY, id="not-reconciled"),
         pytest.param([report(D, scheduled(D))], [], {D: {"run_id": "manual__9"}}, RUNNING, id="lock"),
@@ -190,7 +199,7 @@ def test_urgent_dates_are_the_ones_not_done_with_under_three_days_left():
     days = {n: NOW.date() - timedelta(days=n) for n in (3, 12, 13, 20)}
     view = build(
         quarantine=days.values(),
-        reports=[report(days[13], scheduled(days[13])), fixture_report() | {"partition_date": days[3].isoformat()}],
+        reports=[report(days[13], scheduled(days[13])), recorded_report("mixed", days[3])],
     )
     assert [row.day for row in view.urgent] == [days[12]]  # 13 is done, 20 has passed, 3 has 11 days left
     assert row_of(view, days[12]).days_left == pytest.approx(14 - 12 - 10 / 24)
@@ -204,6 +213,7 @@ def test_rows_history_links_and_the_real_run_id():
     run_id = "backfill__2026-11-20T00:00:00+00:00"
     older = report(D, scheduled(D), FULL | {("dead_lettered", "invalid_json"): 4}, at=NOW - timedelta(days=9))
     latest = report(D, run_id, at=NOW - timedelta(days=1))
+    del latest["run_id"]  # written before reports carried their run's id: its run is found by its run_key
     view = build(
         quarantine=[D, D + timedelta(days=1)],
         reports=[older, latest],
@@ -240,17 +250,17 @@ def test_a_manual_run_is_the_date_of_its_conf():
 
 def test_chart_stacks_each_dates_outcomes():
     other = D - timedelta(days=2)
-    view = build(quarantine=[D, other, D - timedelta(days=1)], reports=[fixture_report() | {"written_at": NOW}])
+    view = build(
+        quarantine=[D, other, D - timedelta(days=1)], reports=[recorded_report("mixed", D) | {"written_at": NOW}]
+    )
     svg = ET.fromstring(chart.render_chart(view))
     ns = {"s": "http://www.w3.org/2000/svg"}
     bars = svg.findall("s:a", ns)
     assert [bar.get("href") for bar in bars] == [f"#d-{other}", f"#d-{D - timedelta(days=1)}", "#d-2026-11-20"]
     titled = bars[-1].find("s:title", ns).text
-    assert titled == (
-        "2026-11-20: partly · read 600 · replayed 431 · dead-lettered 8 · too old 149 · nothing to replay 12"
-    )
+    assert titled == "2026-11-20: partly · read 7 · replayed 3 · dead-lettered 2 · already replayed 1 · too old 1"
     heights = [float(rect.get("height")) for rect in bars[-1].findall("s:rect", ns)][:-1]  # last: state strip
-    assert heights[0] / heights[1] == pytest.approx(431 / 8, rel=0.01)  # SVG keeps two decimals
+    assert heights[0] / heights[1] == pytest.approx(3 / 2, rel=0.01)  # SVG keeps two decimals
     assert {rect.get("fill") for rect in bars[0].findall("s:rect", ns)} == {chart.STATE_COLOURS[NEVER]}
     assert "replay window" not in chart.render_chart(view)  # every date drawn is inside it
     spanning = build(quarantine=[D, NOW.date() - timedelta(days=20)])
@@ -259,7 +269,7 @@ def test_chart_stacks_each_dates_outcomes():
 
 
 def test_the_page_escapes_what_it_shows_and_shows_counts_not_contents():
-    strange = fixture_report()
+    strange = recorded_report("mixed", D)
     strange["summary"]["outcomes"].append(["dead_lettered", "<script>alert(1)</script>", 1])
     strange["totals"]["dead_lettered"] += 1
     strange["summary"]["counts"]["identity:email"] = 1  # counts of other figures are never shown
@@ -466,7 +476,12 @@ def test_the_console_over_http(console_s3, scenario, monkeypatch, reset_auth_man
     assert {n: dates[day.isoformat()]["state"] for n, day in ago.items() if str(day) in dates} == scenario.states
     partly = dates[ago[3].isoformat()]
     nonzero = {outcome: n for outcome, n in partly["latest"]["totals"].items() if n}
-    assert nonzero == {outcome: n for outcome, n in fixture_report()["totals"].items() if n}
+    assert nonzero == {
+        "replayed": 431,
+        "dead_lettered": 8,
+        "too_old": 149,
+        "nothing_to_replay": 12,
+    }  # seed.README_EXAMPLE
     assert partly["latest"]["reasons"]["dead_lettered"] == {"invalid_json": 6, "no_resolvable_identity": 2}
     assert [run["run_key"] for run in partly["history"]][1] == "manual__first"  # the older run, one click away
     assert partly["latest"]["grid_url"] == f"/dags/{DAG_ID}/runs/{quote(runs['partly'], safe='')}"
@@ -543,3 +558,254 @@ def test_each_generated_dag_has_its_own_console(monkeypatch, tmp_path):
     assert (settings.bucket, settings.max_age_days) == ("acme-eu-quarantine", 10)
     missing, why = console_app._backfill("mparticle_quarantine_backfill")
     assert missing is None and "mparticle_quarantine_backfill__eu, mparticle_quarantine_backfill__us" in why
+
+
+# -- the console on what real runs wrote: dag.test() through moto and the Events API emulator ------------------
+#
+# The cases of tests/fixtures/console/real_runs.py (a run and a re-run of one date, a date with dead letters,
+# a dry run, a run whose data plan holds data back, a failed run), read with the console's own code: each
+# test below runs on the reports recorded in recorded.json (fast, no Airflow) and on fresh runs (once per
+# module, about 30 s), and test_the_recorded_reports_are_what_the_dag_writes_now keeps the two the same.
+
+
+@pytest.fixture(scope="module")
+def live_runs(airflow_db, moto_server):
+    """Every case run once with dag.test() (an emulator and bucket contents of their own); the runs are
+    removed from Airflow's database again once the console's reads are taken."""
+    import boto3
+
+    from tools.emulator import EventsApiEmulator
+
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    with (
+        EventsApiEmulator(API_KEY, API_SECRET) as emulator,
+        real.environment(moto_server, emulator.url, API_KEY, API_SECRET, BUCKET, PREFIX),
+    ):
+        return real.run_cases(s3, emulator, BUCKET, PREFIX)
+
+
+@dataclass(frozen=True)
+class RealConsole:
+    """What the console makes of the cases' dates, and what each case's run was."""
+
+    view: overview.Overview
+    html: str
+    run_ids: dict[str, str]
+    reports: dict[str, dict | None]
+    s3_url: Callable[[str, str], str]
+
+    def row(self, day: date) -> dict:
+        return next(row for row in self.view.to_json()["dates"] if row["date"] == day.isoformat())
+
+    def text(self, day: date) -> str:
+        """The words of the date's row and its history, as a person reads them (tags dropped)."""
+        start = self.html.index('<tr class="row ')
+        rows = self.html[start : self.html.index("</section>", start)].split('<tr class="row ')
+        (found,) = [row for row in rows if f'data-date="{day}"' in row]
+        return " ".join(unescape(re.sub(r"<[^>]+>", " ", found)).split())
+
+    def link(self, case: str, field: str) -> str:
+        """Where the console should open the objects a run's report lists (``dead_letters``, ``held``): the
+        folder they are in, as the report itself names them."""
+        uris = self.reports[case][field]
+        folders = {uri.removeprefix(f"s3://{BUCKET}/").rsplit("/", 1)[0] + "/" for uri in uris}
+        (folder,) = folders
+        return self.s3_url(BUCKET, folder)
+
+
+@pytest.fixture(scope="module", params=["recorded", "dag.test"])
+def real_console(request) -> RealConsole:
+    """The console's view of the cases: from recorded.json, or from fresh runs (S3 read by its own snapshot
+    code, the runs by its own query of Airflow's database)."""
+    if request.param == "recorded":
+        cases = real.recorded()["cases"]
+        reports = [
+            RunReport.from_json(case["report"], written_at=case["report_written_at"])
+            for case in cases.values()
+            if case["report"]
+        ]
+        source = {
+            "quarantine": {date.fromisoformat(case["date"]) for case in cases.values()},
+            "reports": reports,
+            "airflow_runs": [case["airflow_run"] for case in cases.values()],
+            "locks": {},
+        }
+        s3_url = AWS
+        run_ids = {name: case["run_id"] for name, case in cases.items()}
+        written = {name: case["report"] for name, case in cases.items()}
+    else:
+        runs = request.getfixturevalue("live_runs")
+        snapshot = runs.snapshot
+        source = {
+            "quarantine": snapshot.quarantine,
+            "reports": snapshot.reports,
+            "airflow_runs": runs.airflow_runs,
+            "locks": snapshot.locks,
+        }
+        s3_url = partial(s3_browser_url, endpoint_url=snapshot.endpoint_url)
+        run_ids, written = runs.run_ids, runs.reports
+    view = build_overview(dag_id=DAG_ID, state_bucket=BUCKET, state_prefix=STATE, now=real.NOW, s3_url=s3_url, **source)
+    html = page.render_page(view, source=f"s3://{BUCKET}/{PREFIX}", loaded_at=real.NOW, refresh_url="r", json_url="j")
+    return RealConsole(view, html, run_ids, written, s3_url)
+
+
+def nonzero(counts: dict) -> dict:
+    return {name: n for name, n in counts.items() if n}
+
+
+def grid(run_id: str) -> str:
+    return f"/dags/{DAG_ID}/runs/{quote(run_id, safe='')}"
+
+
+def test_the_runs_did_what_their_cases_say(live_runs):
+    """The cases themselves, before the console reads them."""
+    assert live_runs.states == {
+        "run": "success", "rerun": "success", "mixed": "success", "dry_run": "success", "held": "success",
+        "failed": "failed",
+    }  # fmt: skip
+    assert live_runs.reports["failed"] is None  # send failed: the report task never ran
+    assert all(live_runs.reports[case] for case in ("run", "rerun", "mixed", "dry_run", "held"))
+    # run: 6 records x 2 blocked events; mixed: 3; held: the first event of 4 records; the rest nothing.
+    assert live_runs.events_sent == 6 * 2 + 3 * 2 + 4
+    assert live_runs.emulator_stats.get("duplicates_dropped", 0) == 0
+    assert live_runs.emulator_stats.get("events_quarantined", 0) == 0  # nothing the plan blocks was sent
+    assert live_runs.snapshot.locks == {}  # every run's teardown released its date
+
+
+def test_the_recorded_reports_are_what_the_dag_writes_now(live_runs):
+    """recorded.json (what the pure tests read) holds what the report task writes today, field for field."""
+    recorded = real.recorded()["cases"]
+    for case in real.CASES:
+        then = recorded[case.name]
+        now = real.comparable(live_runs.reports[case.name], live_runs.run_ids[case.name])
+        assert now == real.comparable(then["report"], then["run_id"]), (
+            f"the {case.name} run's report changed: re-record with `python -m tests.fixtures.console.real_runs`"
+        )
+        assert live_runs.states[case.name] == then["state"]
+    rows = {row["run_id"]: row for row in live_runs.airflow_runs}
+    for name, run_id in live_runs.run_ids.items():
+        assert {k: rows[run_id][k] for k in ("run_type", "conf")} == {
+            k: recorded[name]["airflow_run"][k] for k in ("run_type", "conf")
+        }
+
+
+def test_the_helpers_made_up_reports_have_every_field_of_a_real_one():
+    """The scenario and benchmark reports (seed.make_report) are real ones with other counts."""
+    made = make_report(D, "manual__x", FULL | {("held", "plan"): 1}, state_bucket=BUCKET, state_prefix=STATE)
+    for case in ("run", "held", "dry_run"):
+        written = recorded_report(case)
+        assert set(made) == set(written) - {"written_at"}
+        for field in ("settings", "plan_check", "coalescing", "summary"):
+            assert set(made[field]) == set(written[field]), field
+
+
+def test_a_date_run_and_run_again(real_console):
+    """Everything replayed, then a re-run: already replayed, nothing sent twice. Backfilled; both runs listed."""
+    c = real_console
+    row = c.row(real.RUN_DAY)
+    assert row["state"] == BACKFILLED and not row["urgent"] and row["has_quarantine_data"]
+    assert [run["run_id"] for run in row["history"]] == [c.run_ids["rerun"], c.run_ids["run"]]  # newest first
+    again, first = row["history"]
+    assert nonzero(first["totals"]) == {"replayed": 6, "too_old": 1}
+    assert nonzero(again["totals"]) == {"already_replayed": 6, "too_old": 1}
+    assert again["reasons"] == {"already_replayed": {"in_ledger": 6}, "too_old": {"older_than_window": 1}}
+    assert first["records_read"] == again["records_read"] == 7
+    for run, case in ((again, "rerun"), (first, "run")):
+        assert (run["airflow_state"], run["dry_run"], run["reconciled"]) == ("success", False, True)
+        assert run["grid_url"] == grid(c.run_ids[case])
+        report_md = f"{STATE}/{real.RUN_DAY}/reports/{run_key(c.run_ids[case])}.md"
+        assert run["report_url"] == c.s3_url(BUCKET, report_md)
+        assert run["dead_letters_url"] is None and run["held_url"] is None
+    assert row["latest"] == again
+    text = c.text(real.RUN_DAY)
+    # state, days left, read, then replayed, held, dead-lettered, already replayed, too old, nothing to replay
+    assert "backfilled 9 days 7 0 0 0 6 1 0" in text
+    assert "2 runs" in text and "manual run" not in text.split("2 runs")[0]  # no failed or running run noted
+
+
+def test_a_date_with_dead_letters(real_console):
+    """A record delivered twice, one too old, a broken line, a record without an identity: partly, by reason."""
+    c = real_console
+    row = c.row(real.MIXED_DAY)
+    assert row["state"] == PARTLY
+    latest = row["latest"]
+    assert latest["run_id"] == c.run_ids["mixed"] and [run["run_id"] for run in row["history"]] == [latest["run_id"]]
+    assert nonzero(latest["totals"]) == {"replayed": 3, "dead_lettered": 2, "already_replayed": 1, "too_old": 1}
+    assert latest["reasons"]["dead_lettered"] == {"invalid_json": 1, "no_resolvable_identity": 1}
+    assert latest["reasons"]["already_replayed"] == {"duplicate_in_partition": 1}
+    assert latest["dead_letters_url"] == c.link("mixed", "dead_letters")  # the folder of the report's own list
+    text = c.text(real.MIXED_DAY)
+    assert "partly" in text and "invalid_json 1" in text and "no_resolvable_identity 1" in text
+    assert "dead letters" in text
+
+
+def test_a_date_only_dry_run(real_console):
+    """A dry run sends nothing: the date is never backfilled, and the dry run's figures are marked as such."""
+    c = real_console
+    row = c.row(real.DRY_DAY)
+    assert row["state"] == NEVER
+    latest = row["latest"]
+    assert latest["dry_run"] is True and latest["run_id"] == c.run_ids["dry_run"]
+    assert nonzero(latest["totals"]) == {"replayed": 3, "dead_lettered": 2, "already_replayed": 1, "too_old": 1}
+    assert latest["reasons"]["replayed"] == {"dry_run": 3}
+    assert latest["dead_letters_url"] == c.link("dry_run", "dead_letters")
+    # What a dry run is for: the requests it would have sent, in S3.
+    assert latest["payloads_url"] == c.s3_url(BUCKET, c.reports["dry_run"]["payloads"].removeprefix(f"s3://{BUCKET}/"))
+    text = c.text(real.DRY_DAY)
+    assert "never backfilled" in text and "latest report: dry run" in text and "payloads" in text
+    assert '<td class="num dry" data-outcome="replayed">3</td>' in c.html
+
+
+def test_a_date_whose_data_plan_holds_data_back(real_console):
+    """The plan still blocks the second event of each record: it is held (not sent), the first sent. The
+    records count as replayed, but the date waits for the plan to be fixed and a re-run: partly, not done."""
+    c = real_console
+    written = c.reports["held"]
+    assert written["totals"]["held"] == 0 and written["summary"]["counts"]["events_held"] == 4  # what runs write
+    row = c.row(real.HELD_DAY)
+    assert row["state"] == PARTLY
+    latest = row["latest"]
+    assert nonzero(latest["totals"]) == {"replayed": 4}
+    assert (latest["held_events"], latest["held_user_attributes"]) == (4, 0)
+    assert latest["held_url"] == c.link("held", "held")
+    assert latest["plan_check"] == "hold"
+    text = c.text(real.HELD_DAY)
+    assert "partly" in text and "held back: 4 events" in text and "plan check: hold" in text
+
+
+def test_a_date_whose_run_failed(real_console):
+    """The Events API was down: send failed, the run failed, no report. Failed, with under 3 days left: urgent."""
+    c = real_console
+    row = c.row(real.FAILED_DAY)
+    assert row["state"] == FAILED and row["latest"] is None and row["history"] == []
+    assert row["urgent"] and row["days_left"] == pytest.approx(1.58, abs=0.01)
+    assert row["lock_run_id"] is None  # its teardown released the lock
+    failed = row_of(c.view, real.FAILED_DAY)
+    assert failed.latest_airflow_run.run_id == c.run_ids["failed"]
+    assert failed.latest_airflow_run_url == grid(c.run_ids["failed"])
+    text = c.text(real.FAILED_DAY)
+    assert "failed" in text and "manual run failed" in text and "1 day" in text
+    assert "No run of this date has written a report yet." in text
+    alert = '1 date leaves the replay window in under 3 days and is not done:</b> <a href="#d-2026-11-18">'
+    assert alert in c.html and "2026-11-18</a> (1 day, failed)" in c.html
+
+
+def test_the_summary_of_the_real_dates(real_console):
+    view = real_console.view
+    days = {real.RUN_DAY, real.MIXED_DAY, real.DRY_DAY, real.HELD_DAY, real.FAILED_DAY}
+    states = Counter(row.state for row in view.rows if row.day in days)
+    assert states == {BACKFILLED: 1, PARTLY: 2, NEVER: 1, FAILED: 1}
+    assert [row.day for row in view.urgent] == [real.FAILED_DAY]
+
+
+def test_a_report_whose_run_airflow_no_longer_has_names_it_without_a_link():
+    """``airflow db clean`` (or dag.test() replacing a run) removes a run its report still names: the console
+    names it, and links nowhere (Airflow has no page for it)."""
+    cases = real.recorded()["cases"]
+    reports = [recorded_report("run"), recorded_report("rerun")]
+    view = build(quarantine=[real.RUN_DAY], reports=reports, airflow_runs=[cases["rerun"]["airflow_run"]])
+    again, first = row_of(view, real.RUN_DAY).history
+    assert again.grid_url == grid(cases["rerun"]["run_id"]) and again.airflow_state == "success"
+    assert (first.run_id, first.grid_url, first.airflow_state) == (cases["run"]["run_id"], None, None)
+    html = page.render_page(view, source="s3://b", loaded_at=NOW, refresh_url="r", json_url="j")
+    assert f"<td>{cases['run']['run_id']}</td>" in html and grid(cases["run"]["run_id"]) not in html
