@@ -25,8 +25,12 @@ which run holds it. A run whose lock Airflow reports running is never taken over
 **Run dates are partition dates.** The daily run for interval *D* (it starts once *D* has ended)
 processes partition *D*; a backfill from *D1* to *D2* processes *D1*..*D2* (leave `partition_date`
 empty in the Backfill dialog: a scheduled or backfill run given one fails before reading anything); a
-manual run takes `partition_date` (or, without it, yesterday). The Variable cannot set `partition_date`. Settings come from the Variable `mparticle_backfill`;
-any of them can be overridden in the trigger form. `dry_run` sends nothing and writes the payloads.
+manual run takes `partition_date` (or, without it, yesterday).
+
+**Settings** come from the Variable `mparticle_backfill`: a run starts from them. The trigger form has the
+per-run choices as fields of their own (`partition_date`, `dry_run`: send nothing and write the payloads,
+`force`, `reference_time`; the Variable cannot set them) and one JSON object, `overrides`, of the settings
+this run changes: `{}` (untouched) changes nothing.
 
 **Several quarantine outputs**: with `mparticle_backfills.yaml` beside this file, one DAG per entry
 (`mparticle_quarantine_backfill__<name>`), each with its own settings, Variable, connections and pool.

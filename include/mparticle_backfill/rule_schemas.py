@@ -2,9 +2,9 @@
 
 The validators in :mod:`.fixes` and :mod:`.routes` stay the authority: they name the bad rule and say why,
 which a schema error path cannot. These schemas describe the same shapes from the same constants, so that
-Airflow's trigger form shows a JSON editor that knows the structure instead of a plain list of strings, and
-refuses a misspelt step before a run starts. ``tests/core/test_rule_schemas.py`` checks that schema and
-validator agree on every example, valid and invalid.
+the trigger form's ``overrides`` schema refuses a misspelt step before a run starts (Airflow's API checks it
+when Trigger is pressed). ``tests/core/test_rule_schemas.py`` checks that schema and validator agree on
+every example, valid and invalid.
 
 Hand-written rather than generated from msgspec Structs: the rules are heterogeneous single-key objects
 (``{"rename_event": "Sign Up"}``), which Structs express only through a tagged union of another shape, and

@@ -222,23 +222,66 @@ class BackfillSettings:
 
 
 # Settings that only mean something for one run: a standing configuration (the Variable, an entry of
-# mparticle_backfills.yaml) that set one would apply it to every run, the schedule's and backfills' too.
-PER_RUN_ONLY = ("partition_date",)
+# mparticle_backfills.yaml) that set one would apply it to every run, the schedule's and backfills' too. They
+# are the trigger form's fields of their own; the standing settings are overridden in one JSON object.
+PER_RUN_ONLY: dict[str, str] = {
+    "partition_date": "it would make every run (the schedule's, each backfill's) process that one date",
+    "dry_run": "every run (the schedule's, each backfill's) would send nothing",
+    "force": "every run (the schedule's, each backfill's) would resend what the ledger says was accepted",
+    "reference_time": "every run's replay window would end at that one moment, however late the run",
+}
+# The standing settings: the Variable's, which a run may override (the trigger form's OVERRIDES object).
+STANDING = tuple(name for name in SETTINGS if name not in PER_RUN_ONLY)
+# The run param holding the overrides of the standing settings, a JSON object.
+OVERRIDES = "overrides"
 
 
 def check_standing_settings(settings: Mapping[str, Any] | None, source: str) -> None:
     """Raise :class:`InvalidSettings` if a standing configuration (``source``: the Variable, an entry of
-    mparticle_backfills.yaml) sets a per-run setting (:data:`PER_RUN_ONLY`)."""
+    mparticle_backfills.yaml) sets a per-run setting (:data:`PER_RUN_ONLY`) to anything but its default."""
     if not isinstance(settings, Mapping):
         return  # parse_settings refuses it with its own message
-    for name in PER_RUN_ONLY:
-        if settings.get(name) not in (None, ""):
+    for name, why in PER_RUN_ONLY.items():
+        if settings.get(name) not in (None, "", False):
             raise InvalidSettings(
                 name,
-                f"is a per-run choice, not a standing setting: set in {source}, it would make every run (the "
-                "schedule's, each backfill's) process that one date. Remove it there, and give it when you "
-                "trigger a manual run",
+                f"is a per-run choice, not a standing setting: set in {source}, {why}. Remove it there, and "
+                "give it when you trigger a manual run",
             )
+
+
+def run_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings one run changes, from its params (the DAG's params with the run's conf merged in):
+    the per-run choices, the keys of the :data:`OVERRIDES` object, and any setting given as a key of the
+    conf of its own (``{"coalesce": false}``, as API and CLI callers always could).
+
+    None or "" means "not set": the standing value applies. A setting given twice, as a key of its own and
+    inside :data:`OVERRIDES`, is refused (even with the same value: the conf is ambiguous), and so is a
+    per-run choice inside :data:`OVERRIDES`. Unknown names are left for :func:`parse_settings` to refuse.
+    """
+    overrides = params.get(OVERRIDES)
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, Mapping):
+        raise InvalidSettings(
+            OVERRIDES, f'must be a JSON object of settings, e.g. {{"coalesce": false}}, got {overrides!r}'
+        )
+    overrides = {name: value for name, value in overrides.items() if value is not None and value != ""}
+    for name in overrides:
+        if name in PER_RUN_ONLY:
+            raise InvalidSettings(
+                name, f"is a per-run choice: give it as a field (a conf key) of its own, not inside {OVERRIDES}"
+            )
+    own = {name: value for name, value in params.items() if name != OVERRIDES and value is not None and value != ""}
+    twice = sorted(set(own) & set(overrides))
+    if twice:
+        name = twice[0]
+        raise InvalidSettings(
+            name,
+            f"is set twice in the run conf: as a key of its own ({own[name]!r}) and inside {OVERRIDES} "
+            f"({overrides[name]!r}). Give it once: inside {OVERRIDES}, or as a key of its own",
+        )
+    return {**own, **overrides}
 
 
 RUNS_OF_THEIR_OWN_DATE = ("scheduled", "backfill")

@@ -36,6 +36,7 @@ from mparticle_backfill.settings import (
     parse_time,
     resolve_partition_date,
     run_key,
+    run_overrides,
 )
 from mparticle_backfill.transform import KEEP, ROUTE_STAGE, transform_replays
 
@@ -86,9 +87,14 @@ def plan_partition(
 ) -> list[dict[str, Any]]:
     """Validate the settings, resolve the partition date, list its objects, cut them into chunks.
 
+    The settings are the Variable's (``variable``) under what the run changes (``params``: the DAG's params
+    with the run's conf merged in): its per-run choices, its ``overrides`` object, and settings given as
+    keys of the conf of their own (:func:`~mparticle_backfill.settings.run_overrides`).
+
     A scheduled or backfill run (``run_type``) processes its own date, the start of its data interval; a
     ``partition_date`` given with one fails the run here, before anything is read. The Variable (and an
-    entry of mparticle_backfills.yaml) may not set ``partition_date``: it would apply to every run.
+    entry of mparticle_backfills.yaml) may not set a per-run choice (``partition_date``, ``dry_run``,
+    ``force``, ``reference_time``): it would apply to every run.
 
     The replay window ends at ``reference_time`` if given, else *now*: the time this run plans, fixed
     here and handed to every task so that all chunks agree. Not the run's ``run_after``: a backfill of
@@ -99,7 +105,7 @@ def plan_partition(
     own = data_interval_start.astimezone(timezone.utc).date() if data_interval_start is not None else None
     try:
         check_standing_settings(variable, "the settings Variable (or mparticle_backfills.yaml)")
-        settings = parse_settings(variable, {k: v for k, v in params.items() if v is not None})
+        settings = parse_settings(variable, run_overrides(params))
         check_run_date(settings.partition_date, run_type, own)
     except InvalidSettings as error:
         raise AirflowFailException(f"Invalid settings: {error}") from None

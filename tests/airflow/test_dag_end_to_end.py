@@ -189,11 +189,15 @@ def test_invalid_settings_fail_the_run_naming_the_setting(airflow_db, s3, connec
     from airflow.sdk.exceptions import ParamValidationError
 
     seed_partition(s3)
-    # The trigger form's schema refuses what it can check, naming the param.
-    with pytest.raises(ParamValidationError, match="max_age_days"):
-        run_dag({"max_age_days": 45})
-    with pytest.raises(ParamValidationError, match="fixes"):  # a misspelt step, refused by the form's schema
-        run_dag({"fixes": [{"name": "bad", "then": [{"explode": 1}]}]})
+    # The trigger form's schema (of its overrides object) refuses what it can check, before any run exists.
+    with pytest.raises(ParamValidationError, match=r"overrides: 45 is greater than the maximum of 30"):
+        run_dag({"overrides": {"max_age_days": 45}})
+    with pytest.raises(ParamValidationError, match="overrides"):  # a misspelt step, refused by the form's schema
+        run_dag({"overrides": {"fixes": [{"name": "bad", "then": [{"explode": 1}]}]}})
+    # A setting given as a key of its own (as API and CLI callers always could) is not one of the form's
+    # params: plan_partition refuses it, before any data is read; and a setting given twice.
+    assert run_dag({"max_age_days": 45}).state == "failed"
+    assert run_dag({"coalesce": False, "overrides": {"coalesce": True}}).state == "failed"
     # What only the engine can check (a regex that does not compile) fails the run in plan_partition,
     # before any data is read.
     run = run_dag(
@@ -239,9 +243,25 @@ def test_plan_partition_names_the_bad_setting():
             r"'partition_date': is a per-run choice, not a standing setting: set in the settings Variable",
             id="date-in-the-variable",
         ),
+        pytest.param(
+            {"bucket": BUCKET, "dry_run": True},
+            {},
+            "scheduled",
+            r"'dry_run': is a per-run choice, not a standing setting: set in the settings Variable .*would send nothing",
+            id="dry-run-in-the-variable",
+        ),
+        pytest.param(
+            {"bucket": BUCKET},
+            {"dry_run": False, "coalesce": False, "overrides": {"coalesce": True}},
+            "manual",
+            r"'coalesce': is set twice in the run conf: as a key of its own \(False\) and inside overrides \(True\)",
+            id="a-setting-twice",
+        ),
     ],
 )
-def test_plan_partition_refuses_a_date_the_run_does_not_own(variable, params, run_type, message):
+def test_plan_partition_refuses_what_the_run_cannot_mean(variable, params, run_type, message):
+    """A date the run does not own, a per-run choice in the Variable, a setting given twice: refused before
+    any I/O, naming it."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from mparticle_backfill_airflow.tasks import plan_partition
@@ -274,7 +294,7 @@ def test_firehose_hourly_layout_then_force_resends(airflow_db, s3, connections):
     s3.put_object(  # the next day's first hour: not this partition
         Bucket=BUCKET, Key=f"{PREFIX}/2026/11/21/00/qstream-1-2026-11-21-00-00-01-c3", Body=lines(record(3005))
     )
-    run = run_dag({"layout": "firehose_hourly"})
+    run = run_dag({"overrides": {"layout": "firehose_hourly"}})  # as the trigger form sends it
     assert run.state == "success"
     first = list(emulator.state.batches)
     assert sorted(e["data"]["event_id"] for b in first for e in b["events"]) == [
@@ -282,7 +302,7 @@ def test_firehose_hourly_layout_then_force_resends(airflow_db, s3, connections):
     ]  # fmt: skip
     assert report(s3, run)["totals"]["replayed"] == 4
 
-    forced = run_dag({"layout": "firehose_hourly", "force": True})
+    forced = run_dag({"layout": "firehose_hourly", "force": True})  # layout as a key of its own, as API callers do
     assert forced.state == "success"
     assert len(emulator.state.batches) == 2 * len(first)
     assert emulator.state.stats["duplicates_dropped"] == 0  # new ids: mParticle keeps the resend

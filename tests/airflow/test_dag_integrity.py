@@ -61,49 +61,91 @@ def test_the_shipped_defaults_stay_under_mparticles_default_rate_limit():
     assert per_sender * pool["pool_slot"] <= 270
 
 
-def test_every_setting_is_a_param(dag):
-    from mparticle_backfill.settings import SETTINGS
+def test_every_setting_is_in_the_trigger_form_once(dag):
+    """A per-run choice is a field of its own, defaulting to what a run does without it; every standing
+    setting is a key of the one ``overrides`` object, ``{}`` by default: an untouched form changes nothing."""
+    from mparticle_backfill.settings import OVERRIDES, PER_RUN_ONLY, SETTINGS, STANDING
 
-    assert set(dag.params.keys()) == set(SETTINGS)
-    assert all(dag.params.get_param(name).value is None for name in SETTINGS)
+    assert set(dag.params.keys()) == {*PER_RUN_ONLY, OVERRIDES}
+    assert {name: dag.params.get_param(name).value for name in PER_RUN_ONLY} == {
+        name: SETTINGS[name][0] for name in PER_RUN_ONLY
+    }
+    overrides = dag.params.get_param(OVERRIDES)
+    assert overrides.value == {} and set(overrides.schema["properties"]) == set(STANDING)
+    assert set(STANDING) | set(PER_RUN_ONLY) == set(SETTINGS)
 
 
 def widget(schema) -> str:
-    """The trigger form's widget for a param, by the rules of Airflow 3's FieldSelector (its first non-null type)."""
+    """The trigger form's widget for a param, by the rules of Airflow 3.3's FieldSelector (airflow-core/src/
+    airflow/ui/src/components/FlexibleForm/FieldSelector.tsx): the first non-null type decides, a multi-type
+    param gets a text area, an enum a dropdown, a date or date-time format its picker."""
     kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
     kinds = [kind for kind in kinds if kind != "null"]
-    if len(kinds) > 1 and "enum" not in schema:
+    if len(kinds) > 1 and "enum" not in schema and "examples" not in schema:
         return "multi-type"
     kind = kinds[0]
+    if kind == "boolean":
+        return "switch"
     if kind == "string" and schema.get("format") in ("date", "date-time"):
         return schema["format"]
     if "enum" in schema:
         return "dropdown"
     if kind == "array":
         return "string list" if schema.get("items", {}).get("type") in (None, "string") else "JSON"
-    return {"boolean": "switch", "object": "JSON", "integer": "number"}.get(kind, "text")
+    return {"object": "JSON", "integer": "number", "number": "number"}.get(kind, "text")
 
 
-def test_the_trigger_form_shows_each_setting_with_a_title_a_description_and_its_widget(dag):
+def test_the_trigger_form_shows_what_a_run_uses_and_changes_nothing_untouched(dag):
+    """What Airflow 3.3's form does with each widget, and why each param has the one it has.
+
+    The form sends every field, touched or not. A switch shows ``Boolean(value)`` and sends true or false
+    once touched (a null one is drawn off): only a choice whose default is off and that the Variable cannot
+    set may be a switch. A number field clamps to its schema's bounds on blur, silently: no number field. A
+    JSON field shows its value (``{}`` for null) and is not checked against its schema in the browser; the
+    API checks it when Trigger is pressed.
+    """
+    import copy
+
     from airflow.sdk.definitions.param import ParamValidationError
 
+    from mparticle_backfill.settings import OVERRIDES
+
     params = {name: dag.params.get_param(name) for name in dag.params}
-    for name, param in params.items():
-        assert param.schema["title"] and len(param.description) > 30, name
-        assert "Empty: use the mparticle_backfill Variable" in param.description, name
     widgets = {name: widget(param.schema) for name, param in params.items()}
-    assert widgets["partition_date"] == "date" and widgets["reference_time"] == "date-time"
-    assert widgets["dry_run"] == widgets["force"] == widgets["replay_blocked_events"] == "switch"
-    assert widgets["fixes"] == widgets["routes"] == widgets["plan_blocking"] == "JSON"
-    assert widgets["layout"] == widgets["plan_check"] == widgets["environment"] == "dropdown"
-    assert widgets["max_age_days"] == "number"
-    # The form refuses a misspelt fix step before a run starts; a right one passes.
-    fixes = params["fixes"]
-    fixes.resolve([{"name": "r", "then": [{"rename_event": "Sign Up"}]}])
-    with pytest.raises(ParamValidationError):
-        fixes.resolve([{"name": "r", "then": [{"rename_evnt": "Sign Up"}]}])
-    with pytest.raises(ParamValidationError):
-        params["routes"].resolve([{"when": [{"field": "device_info.platform", "equals": "iOS"}]}])
+    assert widgets == {
+        "partition_date": "date",
+        "dry_run": "switch",
+        "force": "switch",
+        "reference_time": "date-time",
+        OVERRIDES: "JSON",
+    }
+    for name, param in params.items():
+        assert param.schema["title"], name
+        if widgets[name] == "switch":
+            assert param.value is False, f"{name}: a switch is drawn off, so it must be off"
+        if widgets[name] in ("date", "date-time"):
+            assert param.value is None and "Empty: " in param.description, f"{name}: say what empty means"
+    # The overrides: in a section of their own, saying that {} is the Variable's, with every key's default.
+    overrides = params[OVERRIDES]
+    help_md = overrides.schema["description_md"]
+    assert overrides.description is None  # else the form shows the plain description, not the Markdown
+    assert "`{}`: every setting is the mparticle_backfill Variable's" in help_md
+    assert "max_age_days: 14 (1 to 30)" in help_md and "coalesce: true" in help_md
+    assert "mparticle_backfill Variable" in overrides.schema["section"]
+    # What the overrides' schema refuses, the API refuses when Trigger is pressed; what it takes, it takes.
+    overrides = copy.copy(overrides)  # resolve() keeps the value it was given
+    overrides.resolve({"coalesce": False, "max_age_days": 7, "fixes": [{"name": "r", "then": [{"rename_event": "S"}]}]})
+    for refused in (
+        {"max_age_days": 45},  # out of range: refused, not clamped
+        {"shards": 0},
+        {"max_age_day": 7},  # a misspelt key
+        {"dry_run": True},  # a per-run choice: its own field
+        {"coalesce": "no"},
+        {"fixes": [{"name": "r", "then": [{"rename_evnt": "Sign Up"}]}]},
+        {"routes": [{"when": [{"field": "device_info.platform", "equals": "iOS"}]}]},
+    ):
+        with pytest.raises(ParamValidationError):
+            overrides.resolve(refused)
 
 
 # What the pure core may not import: Airflow, and anything that does network or process I/O.

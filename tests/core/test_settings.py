@@ -76,12 +76,90 @@ def test_settings_round_trip_to_json():
     assert parse_settings(as_json) == settings
 
 
-def test_a_standing_configuration_may_not_set_the_partition_date():
+@pytest.mark.parametrize(
+    ("name", "value", "why"),
+    [
+        pytest.param("partition_date", "2026-11-20", "process that one date", id="partition_date"),
+        pytest.param("dry_run", True, "would send nothing", id="dry_run"),
+        pytest.param("force", True, "would resend", id="force"),
+        pytest.param("reference_time", "2026-11-21T06:00:00Z", "would end at that one moment", id="reference_time"),
+    ],
+)
+def test_a_standing_configuration_may_not_set_a_per_run_choice(name, value, why):
     from mparticle_backfill.settings import check_standing_settings
 
-    check_standing_settings({**BASE, "partition_date": None}, "the Variable")  # empty: fine
-    with pytest.raises(InvalidSettings, match=r"'partition_date': is a per-run choice.*set in the Variable"):
-        check_standing_settings({**BASE, "partition_date": "2026-11-20"}, "the Variable")
+    check_standing_settings({**BASE, name: None}, "the Variable")  # empty: fine
+    if isinstance(value, bool):
+        check_standing_settings({**BASE, name: False}, "the Variable")  # its default: fine
+    with pytest.raises(InvalidSettings, match=rf"'{name}': is a per-run choice.*set in the Variable, .*{why}"):
+        check_standing_settings({**BASE, name: value}, "the Variable")
+
+
+@pytest.mark.parametrize(
+    ("params", "changes"),
+    [
+        pytest.param(
+            {"partition_date": None, "dry_run": False, "force": False, "reference_time": None, "overrides": {}},
+            {"dry_run": False, "force": False},
+            id="untouched-form",
+        ),
+        pytest.param({}, {}, id="scheduled-without-conf"),
+        pytest.param(
+            {"dry_run": True, "overrides": {"coalesce": False, "max_age_days": 7, "environment": None}},
+            {"dry_run": True, "coalesce": False, "max_age_days": 7},
+            id="form-overrides",
+        ),
+        pytest.param(
+            {"coalesce": False, "files_per_chunk": 1, "dry_run": True, "overrides": {}},
+            {"coalesce": False, "files_per_chunk": 1, "dry_run": True},
+            id="flat-keys-of-api-callers",
+        ),
+        pytest.param(
+            {"layout": "flat", "overrides": {"coalesce": False}, "environment": None},
+            {"layout": "flat", "coalesce": False},
+            id="flat-and-overrides",
+        ),
+        pytest.param({"overrides": None}, {}, id="overrides-null"),
+    ],
+)
+def test_a_run_changes_what_its_conf_sets_and_nothing_else(params, changes):
+    from mparticle_backfill.settings import run_overrides
+
+    assert run_overrides(params) == changes
+
+
+def test_an_untouched_trigger_form_runs_with_the_variables_settings():
+    from mparticle_backfill.settings import run_overrides
+
+    variable = {**BASE, "max_age_days": 20, "coalesce": False, "replay_blocked_events": False}
+    untouched = {"partition_date": None, "dry_run": False, "force": False, "reference_time": None, "overrides": {}}
+    assert parse_settings(variable, run_overrides(untouched)) == parse_settings(variable)
+
+
+@pytest.mark.parametrize(
+    ("params", "setting", "message"),
+    [
+        pytest.param(
+            {"coalesce": False, "overrides": {"coalesce": True}},
+            "coalesce",
+            r"'coalesce': is set twice in the run conf: as a key of its own \(False\) and inside overrides \(True\)",
+            id="twice",
+        ),
+        pytest.param(
+            {"max_age_days": 7, "overrides": {"max_age_days": 7}}, "max_age_days", r"set twice", id="twice-same-value"
+        ),
+        pytest.param(
+            {"overrides": {"dry_run": True}}, "dry_run", r"per-run choice: give it as a field", id="per-run-inside"
+        ),
+        pytest.param({"overrides": '{"coalesce": false}'}, "overrides", r"must be a JSON object", id="not-an-object"),
+    ],
+)
+def test_a_conf_that_is_ambiguous_is_refused_naming_the_setting(params, setting, message):
+    from mparticle_backfill.settings import run_overrides
+
+    with pytest.raises(InvalidSettings, match=message) as error:
+        run_overrides(params)
+    assert error.value.setting == setting
 
 
 @pytest.mark.parametrize(
