@@ -9,12 +9,16 @@ UV_VERSION := 0.13.9
 venv: $(VENV)/.installed
 
 # Create the virtualenv from the pinned files; re-run only when they change.
-# The project's own packages (include/) are installed editable: the DAG imports them like any library.
+# The project's own packages (include/) are installed editable: the DAG imports them like any library, and
+# Airflow finds the console plugin and the connection type by the package's entry points. The *.egg-info that
+# setuptools builds (before 0.2.0) left in include/ is removed: include/ is on sys.path, and Airflow would find
+# the package there a second time, and load the console twice.
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt -r requirements-dev.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	rm -rf include/*.egg-info
 	touch $@
 
 # Chromium and ChromeDriver from Debian's packages, for the console's browser test (no browser download).

@@ -8,4 +8,4 @@ Stages, one module each: :mod:`.extract`, :mod:`.select`, :mod:`.filter_by_age`,
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the same as pyproject.toml's version (tests/airflow/test_deployment.py checks)

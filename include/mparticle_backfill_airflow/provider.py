@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mparticle_backfill import __version__
+
 
 def get_provider_info() -> dict[str, Any]:
     return {
@@ -24,5 +26,5 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "mParticle Events API",
             }
         ],
-        "versions": ["0.1.0"],
+        "versions": [__version__],
     }

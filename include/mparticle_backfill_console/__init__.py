@@ -2,5 +2,6 @@
 
 ``overview`` (the data: dates, states, days left, rows), ``chart`` (the SVG) and ``page`` (the HTML) are
 pure: plain dicts in, strings out. ``s3`` and ``sources`` read S3 and Airflow's database; ``app`` is the
-FastAPI shell the api-server mounts (see ``plugins/mparticle_backfill_console_plugin.py``).
+FastAPI shell the api-server mounts, and ``plugin`` the Airflow plugin that mounts it (registered by the
+package's ``airflow.plugins`` entry point).
 """
