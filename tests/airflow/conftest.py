@@ -122,3 +122,15 @@ def connections(moto_server, emulator, monkeypatch):
     )
     monkeypatch.setenv("AIRFLOW_VAR_MPARTICLE_BACKFILL", json.dumps({"bucket": BUCKET, "prefix": PREFIX}))
     return emulator
+
+
+def clear_dag_runs(dag_id: str = "mparticle_quarantine_backfill") -> int:
+    """Delete every run of the DAG from the session's Airflow database (runs other tests left there: a test
+    that reads "all the DAG's runs", as the console does, must start from none, whatever ran before it)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id).delete(synchronize_session=False)
+        return session.query(DagRun).filter(DagRun.dag_id == dag_id).delete(synchronize_session=False)

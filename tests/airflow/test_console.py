@@ -30,7 +30,7 @@ from mparticle_backfill_console.overview import (
 
 from mparticle_backfill.settings import run_key
 from mparticle_backfill_airflow.links import s3_browser_url
-from tests.airflow.conftest import API_KEY, API_SECRET, BUCKET, PREFIX, airflow_cli
+from tests.airflow.conftest import API_KEY, API_SECRET, BUCKET, PREFIX, airflow_cli, clear_dag_runs
 from tests.fixtures.console import real_runs as real
 from tests.fixtures.console.real_runs import recorded_report
 from tests.fixtures.console.seed import (
@@ -432,6 +432,7 @@ def serialized_dag(airflow_db):
 @pytest.fixture
 def scenario(console_s3, serialized_dag):
     """Dates in every state in S3, and their runs in Airflow's database (removed again: other tests count runs)."""
+    clear_dag_runs()  # runs other tests left in the session's database are not this scenario's
     seeded = console_scenario(console_s3, BUCKET, PREFIX, TODAY)
     delete = add_dag_runs(seeded.runs.values())
     yield seeded

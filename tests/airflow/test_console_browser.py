@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from mparticle_backfill.settings import run_key
-from tests.airflow.conftest import BUCKET, PREFIX, airflow_cli
+from tests.airflow.conftest import BUCKET, PREFIX, airflow_cli, clear_dag_runs
 from tests.fixtures.console.seed import DAG_ID, add_dag_runs, console_scenario
 from tools.airflow_health import wait_for_api_server
 
@@ -113,6 +113,7 @@ def api_server(airflow_db, scenario, monkeypatch, tmp_path):
 
 @pytest.fixture
 def scenario(console_env, airflow_db):
+    clear_dag_runs()  # runs other tests left in the session's database are not this scenario's
     seeded = console_scenario(console_env, BUCKET, PREFIX, datetime.now(timezone.utc).date())
     delete = add_dag_runs(seeded.runs.values())
     yield seeded
