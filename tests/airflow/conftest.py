@@ -134,3 +134,16 @@ def clear_dag_runs(dag_id: str = "mparticle_quarantine_backfill") -> int:
     with create_session() as session:
         session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id).delete(synchronize_session=False)
         return session.query(DagRun).filter(DagRun.dag_id == dag_id).delete(synchronize_session=False)
+
+
+def events_api_connection(monkeypatch, emulator, **extra) -> None:
+    """Point the ``mparticle_events_api`` connection (type ``mparticle``) at the emulator with these client
+    extras (``max_workers``, ``max_retries``, ``senders``...) over a pace no test waits on."""
+    host, port = emulator.url.removeprefix("http://").split(":")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MPARTICLE_EVENTS_API",
+        json.dumps({
+            "conn_type": "mparticle", "host": host, "schema": "http", "port": int(port),
+            "login": API_KEY, "password": API_SECRET, "extra": {"batches_per_second": 5000, **extra},
+        }),
+    )  # fmt: skip

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.airflow.conftest import AIRFLOW_HOME, API_KEY, API_SECRET, BUCKET, PREFIX
+from tests.airflow.conftest import AIRFLOW_HOME, BUCKET, PREFIX, events_api_connection
 from tests.airflow.test_dag_end_to_end import lines, record
 from tests.airflow.test_scheduler_backfill import day_ms, finished, free_port, runs_of, wait_until
 from tools.airflow_health import wait_for_api_server
@@ -173,15 +173,8 @@ def test_a_backfill_spread_over_two_celery_workers(airflow_db, s3, connections, 
     monkeypatch.setenv(
         "AIRFLOW_VAR_MPARTICLE_BACKFILL", json.dumps({"bucket": BUCKET, "prefix": PREFIX, "files_per_chunk": 1})
     )
-    host, emulator_port = emulator.url.removeprefix("http://").split(":")
-    monkeypatch.setenv(  # senders = the pool's slots (2, set by airflow_db): what the README tells a deployment
-        "AIRFLOW_CONN_MPARTICLE_EVENTS_API",
-        json.dumps({
-            "conn_type": "mparticle", "host": host, "schema": "http", "port": int(emulator_port),
-            "login": API_KEY, "password": API_SECRET,
-            "extra": {"batches_per_second": 5000, "senders": 2, "max_retries": 3},
-        }),
-    )  # fmt: skip
+    # senders = the pool's slots (2, set by airflow_db): what the README tells a deployment
+    events_api_connection(monkeypatch, emulator, senders=2, max_retries=3)
     port = free_port()
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
     monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", str(len(WORKERS) * WORKER_CONCURRENCY))

@@ -27,13 +27,12 @@ import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from tests.airflow.conftest import BUCKET, POOL, PREFIX, ROOT
-from tests.conftest import real_record_dict
+from tests.airflow.test_dag_end_to_end import record as quarantine_record  # in the window, two blocked events
 
 # The slow tests' first one builds and installs: minutes on a cold uv cache, within this bound.
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(2400)]
@@ -45,7 +44,6 @@ CONSOLE_ENTRY_POINT = "mparticle_backfill_console.plugin:MParticleBackfillConsol
 PROVIDER_ENTRY_POINT = "mparticle_backfill_airflow.provider:get_provider_info"
 DAG_ID = "mparticle_quarantine_backfill"
 DAY = "2026-11-20"
-IN_WINDOW_MS = int(datetime(2026, 11, 20, 9, tzinfo=timezone.utc).timestamp() * 1000)
 RUN_CONF = {"partition_date": DAY, "reference_time": "2026-11-21T06:00:00Z"}
 
 # What the plugins manager registered, and what it could not (run by the Airflow under test).
@@ -313,24 +311,6 @@ def test_the_provider_and_the_console_are_registered_once(deployment):
     assert [(p["package_name"], p["version"]) for p in providers if p["package_name"] == DIST] == [
         (DIST, project_version())
     ]
-
-
-def quarantine_record(batch_id: int) -> dict:
-    """The real quarantine record (two blocked events) with new ids, in the replay window."""
-    data = real_record_dict()
-    data["batch_id"] = str(batch_id)
-    data["timestamp_unixtime_ms"] = str(IN_WINDOW_MS)
-    ids = {}
-    for index, event in enumerate(data["events"]):
-        new_id = str(batch_id * 10 + index)
-        ids[event["data"]["event_id"]] = new_id
-        event["data"]["event_id"] = new_id
-        event["data"]["timestamp_unixtime_ms"] = str(IN_WINDOW_MS)
-    block = data["context"]["data_plan"]["block_metadata"]
-    block["blocked_event_ids"] = [ids[i] for i in block["blocked_event_ids"]]
-    for entry in block["blocked_event_attributes"]:
-        entry["event_id"] = ids[entry["event_id"]]
-    return data
 
 
 @pytest.mark.deployment

@@ -4,13 +4,12 @@ date before the next run."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
 
-from tests.airflow.conftest import API_KEY, API_SECRET, BUCKET, PREFIX
+from tests.airflow.conftest import BUCKET, PREFIX, events_api_connection
 from tests.airflow.test_dag_end_to_end import DAY, IN_WINDOW_MS, RUN_CONF, STATE, dead_letters, get_dag, lines, record
 from tests.airflow.test_dag_end_to_end import report as report_of
 
@@ -71,15 +70,7 @@ def test_a_batch_whose_answer_was_lost_is_resent_as_it_was_after_late_data_chang
     airflow_db, s3, connections, monkeypatch
 ):
     emulator = connections
-    host, port = emulator.url.removeprefix("http://").split(":")
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_MPARTICLE_EVENTS_API",
-        json.dumps({
-            "conn_type": "mparticle", "host": host, "schema": "http", "port": int(port),
-            "login": API_KEY, "password": API_SECRET,
-            "extra": {"batches_per_second": 5000, "max_retries": 1, "max_workers": 1},
-        }),
-    )  # fmt: skip
+    events_api_connection(monkeypatch, emulator, max_retries=1, max_workers=1)
     first = [record(8000 + n) for n in range(120)]
     late = [record(8500 + n, timestamp_ms=IN_WINDOW_MS - 3_600_000) for n in range(40)]  # earlier events
     for data in first + late:  # one user; merged batches of up to 128 KB, two to a request

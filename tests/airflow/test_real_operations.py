@@ -3,13 +3,12 @@ chunks holding the same batch, the flat layout, and a replay window measured fro
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.airflow.conftest import API_KEY, API_SECRET, BUCKET, PREFIX
+from tests.airflow.conftest import BUCKET, PREFIX, events_api_connection
 from tests.airflow.test_dag_end_to_end import DAY, RUN_CONF, STATE, get_dag, lines, record, report
 
 pytestmark = pytest.mark.airflow
@@ -33,15 +32,7 @@ def test_a_send_that_fails_half_way_is_retried_by_airflow_and_sends_only_the_res
     airflow_db, s3, connections, monkeypatch, coalesce, users
 ):
     emulator = connections
-    host, port = emulator.url.removeprefix("http://").split(":")
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_MPARTICLE_EVENTS_API",
-        json.dumps({
-            "conn_type": "mparticle", "host": host, "schema": "http", "port": int(port),
-            "login": API_KEY, "password": API_SECRET,
-            "extra": {"batches_per_second": 5000, "max_retries": 1, "max_workers": 1},
-        }),
-    )  # fmt: skip
+    events_api_connection(monkeypatch, emulator, max_retries=1, max_workers=1)
     records = [record(8000 + n) for n in range(250)]
     if users > 1:  # 25 users; send coalesces its shard in slices of 40 records (7 slices), each user in one
         monkeypatch.setattr("mparticle_backfill.coalesce.SLICE_REPLAYS", 40)

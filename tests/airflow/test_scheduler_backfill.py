@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.airflow.conftest import AIRFLOW_HOME, API_KEY, API_SECRET, airflow_cli
+from tests.airflow.conftest import AIRFLOW_HOME, airflow_cli, events_api_connection
 from tests.airflow.test_dag_end_to_end import BUCKET, PREFIX, lines, record
 from tools.airflow_health import wait_for_api_server
 
@@ -161,15 +161,8 @@ def test_backfills_and_a_crash_mid_send_as_production_meets_them(airflow_db, s3,
     for data in late_records:
         for event in data["events"]:
             event["data"].setdefault("custom_attributes", {})["note"] = "x" * 1500
-    host, emulator_port = emulator.url.removeprefix("http://").split(":")
-    monkeypatch.setenv(  # one worker per sender, so that a send takes long enough to be killed half-way
-        "AIRFLOW_CONN_MPARTICLE_EVENTS_API",
-        json.dumps({
-            "conn_type": "mparticle", "host": host, "schema": "http", "port": int(emulator_port),
-            "login": API_KEY, "password": API_SECRET,
-            "extra": {"batches_per_second": 5000, "max_retries": 3, "max_workers": 1},
-        }),
-    )  # fmt: skip
+    # one worker per sender, so that a send takes long enough to be killed half-way
+    events_api_connection(monkeypatch, emulator, max_retries=3, max_workers=1)
     port = free_port()
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
     monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "4")
